@@ -1,0 +1,58 @@
+"""qlab: a quantitative research lab for crypto trading.
+
+The public API is imported lazily, so `import qlab` stays fast: heavy libraries load on first use.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+# public name -> "module:attribute"
+_LAZY = {
+    "Store": "qlab.data.store:Store",
+    "load_sample": "qlab.data.sample:load_sample",
+    "load_sample_funding": "qlab.data.sample:load_sample_funding",
+    "samples": "qlab.data.sample:samples",
+    "quality_report": "qlab.data.quality:quality_report",
+    "read_csv": "qlab.data.candles:read_csv",
+    "to_candles": "qlab.data.candles:to_candles",
+    "validate_candles": "qlab.data.candles:validate_candles",
+    "resample_candles": "qlab.data.candles:resample_candles",
+    "show": "qlab.ui.display:show",
+    "errors": "qlab.errors",
+}
+
+__all__ = sorted(_LAZY)
+
+if TYPE_CHECKING:  # for editors and type checkers only; `as` marks the names as re-exported
+    from qlab import errors as errors
+    from qlab.data.candles import read_csv as read_csv
+    from qlab.data.candles import resample_candles as resample_candles
+    from qlab.data.candles import to_candles as to_candles
+    from qlab.data.candles import validate_candles as validate_candles
+    from qlab.data.quality import quality_report as quality_report
+    from qlab.data.sample import load_sample as load_sample
+    from qlab.data.sample import load_sample_funding as load_sample_funding
+    from qlab.data.sample import samples as samples
+    from qlab.data.store import Store as Store
+    from qlab.ui.display import show as show
+
+
+def __getattr__(name: str) -> Any:
+    target = _LAZY.get(name)
+    if target is None:
+        from qlab.errors import did_you_mean
+
+        raise AttributeError(f"module 'qlab' has no attribute {name!r}." + did_you_mean(name, _LAZY))
+    module_name, _, attr = target.partition(":")
+    module = importlib.import_module(module_name)
+    value = getattr(module, attr) if attr else module
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

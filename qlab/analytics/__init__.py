@@ -1,0 +1,1 @@
+"""Metrics, portfolio analytics, plots and reports of results."""

@@ -1,0 +1,41 @@
+"""The exceptions qlab raises on purpose; each message names the bad value and the fix."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+
+class QlabError(Exception):
+    """Base of every error qlab raises on purpose."""
+
+
+class ConfigError(QlabError, ValueError):
+    """A setting, path or argument that qlab cannot use."""
+
+
+class DataError(QlabError, ValueError):
+    """Market data that cannot be used as it is."""
+
+
+class NotFoundError(QlabError, KeyError):
+    """A name (symbol, timeframe, sample, table) that does not exist."""
+
+    def __str__(self) -> str:  # KeyError would repr() the message; keep it readable
+        return str(self.args[0]) if self.args else ""
+
+
+class StoreError(QlabError, RuntimeError):
+    """The market-data store cannot be opened or written as asked."""
+
+
+class SchemaVersionError(StoreError):
+    """The store was written by a newer qlab than this one."""
+
+
+def did_you_mean(name: str, choices: Iterable[str]) -> str:
+    """A ' did you mean ...?' hint for an unknown name, or '' when nothing is close."""
+    close = difflib.get_close_matches(str(name), [str(c) for c in choices], n=3, cutoff=0.5)
+    if not close:
+        return ""
+    return " did you mean " + " or ".join(repr(c) for c in close) + "?"

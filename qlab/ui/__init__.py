@@ -1,0 +1,1 @@
+"""Notebook-facing pieces: figure display, widgets, per-notebook `run(params)` functions, the runner."""

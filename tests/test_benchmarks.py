@@ -1,0 +1,46 @@
+"""Smoke test of the benchmark runner: `python -m benchmarks --quick` writes a sane BENCHMARKS.md."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+NUMBER = r"[\d,]+(?:\.\d+)?"
+
+
+def _row(text: str, starts: str) -> str:
+    rows = [line for line in text.splitlines() if line.startswith(f"| {starts}")]
+    assert rows, f"no table row starting with {starts!r} in:\n{text}"
+    return rows[0]
+
+
+def test_quick_benchmark_writes_markdown(tmp_path: Path) -> None:
+    out = tmp_path / "B.md"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))}
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "--quick", "--out", str(out)],
+        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    text = out.read_text(encoding="utf-8")
+
+    assert text.startswith("# qlab benchmarks")
+    assert "python -m benchmarks" in text and "Quick mode" in text
+    assert "## Machine" in text
+    for fact in ("- CPU: ", "- Memory: ", "- OS: ", "- Python: ", "- Libraries: "):
+        assert fact in text
+    assert "## Market-data store" in text
+
+    ingest = _row(text, "ingest:")
+    assert re.search(rf"\| 500,000 1m rows \| {NUMBER} (?:ms|s)\b", ingest), ingest
+    assert re.search(rf"\| {NUMBER} [kM]? ?rows/s \|", ingest), ingest
+    assert re.search(r"\| (pass|\*\*miss\*\*) \|$", ingest), ingest
+
+    read = _row(text, "read: `Store.candles`, same year (warm)")
+    assert re.search(rf"\| {NUMBER} ms", read), read
+    assert re.search(r"\| (pass|\*\*miss\*\*) \|$", read), read
+    assert "raw DuckDB" in text  # the baseline rows
