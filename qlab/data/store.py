@@ -166,7 +166,10 @@ class Store:
         """Stored candles for one series, `start <= timestamp < end` (UTC), as Candles (validated on write)."""
         timeframe_delta(timeframe)
         lo, hi = _naive_utc(start, "start"), _naive_utc(end, "end")
-        query = "SELECT epoch_ns(ts) AS ts, open, high, low, close, volume FROM candles WHERE exchange = $e AND symbol = $s AND timeframe = $t"
+        query = (
+            "SELECT epoch_ns(ts) AS ts, open, high, low, close, volume FROM candles"
+            " WHERE exchange = $e AND symbol = $s AND timeframe = $t"
+        )
         params: dict[str, Any] = {"e": exchange, "s": symbol, "t": timeframe}
         if lo is not None:
             query += " AND ts >= $lo"
