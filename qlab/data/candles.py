@@ -38,6 +38,11 @@ def timeframe_delta(timeframe: str) -> pd.Timedelta:
         ) from None
 
 
+def bars_per_year(timeframe: str) -> float:
+    """How many bars of this timeframe a 365-day year holds (crypto trades every day)."""
+    return pd.Timedelta(days=365) / timeframe_delta(timeframe)
+
+
 def timeframe_name(delta: pd.Timedelta) -> str | None:
     """The timeframe name for a bar length, or None when it is not a standard one."""
     for name, value in TIMEFRAMES.items():

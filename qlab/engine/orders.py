@@ -1,0 +1,225 @@
+"""Order types, position sizing and THE fill model: one set of rules for the backtester, the
+reference loop and the paper broker. The rules below are the specification; every engine follows it.
+
+Timing
+------
+Signals are computed on bar t's close. By default an order they create becomes active at bar t+1's
+open ("next_open"). `timing="close"` (explicit opt-in) fills signal-driven MARKET orders at bar t's
+close instead; everything else (limit/stop entries, protective orders) then starts at bar t+1.
+
+One position per asset (long, short or flat); no pyramiding. Per asset and bar, signals are read as
+`entry_long, exit_long, entry_short, exit_short` booleans of the signal bar t:
+  * `exit_long` closes a long; `exit_short` closes a short (market orders, taker).
+  * `entry_short` while long closes the long first (a reversal), and vice versa.
+  * if both `entry_long` and `entry_short` are true on one bar, neither entry is taken (conflict);
+    the exits they imply are still taken. If an entry and the exit of the SAME direction are both
+    true on one bar, both are ignored (conflict).
+  * an entry signal while already in that direction, or while an entry order is pending, is ignored.
+  * a pending (unfilled) entry order is cancelled by an exit signal of its direction or by an entry
+    signal of the opposite direction; its own time in force may also expire it.
+
+Path inside a bar
+-----------------
+Price moves open -> nearer extreme -> other extreme -> close, as straight segments. "Nearer" compares
+|open - high| with |open - low|; a tie goes to the high first. With `path="pessimistic"` the adverse
+extreme comes first for an open position (low first for a long, high first for a short; flat: the
+default rule). Within a segment, the level met first along the segment's direction fires first. A
+level that lies exactly at a segment's end point counts as met. Levels already crossed at the open
+(a gap) fire at the open price.
+
+Events of one bar, in order
+---------------------------
+Several assets (a portfolio sharing one cash balance) are processed one after the other inside each
+bar, in column order: all of asset 0's events of the bar, then asset 1's, and so on.
+
+1. At the open:
+   a. funding (perpetuals): if a funding time falls in [open_t, open_t+1), the position pays
+      size * open_price * rate (a long pays a positive rate, a short receives it).
+   b. protective levels (liquidation, stop-loss, trailing stop, take-profit) crossed by a gap fire at
+      the open price. If several are crossed, the first in that list wins; the same order breaks
+      ties between levels met at the same point of the path.
+   c. signal-driven market orders from bar t-1 fill at the open: exits first, then entries.
+   d. pending limit/stop entries that are marketable at the open fill at the open (see below).
+2. Along the three segments: the open position's protective levels and pending entry levels fire in
+   the order the path meets them. After an entry fills inside the bar, its protective orders are live
+   for the rest of the path from the fill point on. After an exit inside the bar, nothing re-enters
+   in that bar.
+3. At the close: equity is marked to the close; trailing-stop peaks take the bar's high (long) or low
+   (short); signals of this bar create the orders for the next bar; pending entries whose time in
+   force ended are cancelled.
+
+Order types
+-----------
+* market: fills at the reference price (open, or close with timing="close") as a taker.
+* limit (entries; `entry_offset` f >= 0): a long limit is placed at close_t * (1 - f), a short limit
+  at close_t * (1 + f). Marketable at the open (long: open <= limit) -> fills at the open as a taker.
+  Otherwise it rests and fills only if the price trades THROUGH it (long: the path goes strictly below
+  the limit; touching is not enough), at the limit price, as a maker (maker fee; no spread, slippage
+  or impact).
+* stop (stop-market entries; f >= 0): a long stop at close_t * (1 + f) (a breakout), short at
+  close_t * (1 - f). Triggers when the path reaches it (touch is enough); gapped at the open ->
+  fills at the open; else at the stop price; as a taker.
+* stop_limit: a stop at close_t * (1 +/- f) that, once triggered, becomes a limit at
+  stop * (1 +/- `limit_offset`) (long: above the stop). After the trigger the limit is marketable if
+  the limit is at or beyond the trigger price: it fills at the trigger price (or the open if gapped,
+  but never worse than the limit) as a taker; the limit is then honoured on the rest of the path.
+  If the open gaps beyond the limit, it rests as a limit (maker, trade-through rule).
+* take_profit (`take_profit` fraction): a resting limit exit at entry_price * (1 + tp) for a long
+  (1 - tp for a short). Trade-through rule, maker; gapped at the open -> fills at the open, taker.
+* stop_loss (`stop_loss` fraction or `stop_loss_atr` multiple): a stop-market exit at
+  entry_price * (1 - sl) or entry_price - m * ATR for a long, entry_price * (1 + sl) or
+  entry_price + m * ATR for a short; ATR as of the signal bar (the bar whose signal created the entry).
+  Touch triggers; taker; gap -> open.
+* trailing stop (`trailing_stop` fraction or `trailing_atr` multiple): level = peak * (1 - ts)
+  (long), trough * (1 + ts) (short), or peak - m * ATR; peak starts at the entry price and is updated
+  at each bar's close with the bar's high (long) / low (short), so the level is constant within a bar.
+  For ATR stops the ATR is the one of the bar before (no intra-bar look at the bar's own range).
+* bracket / OCO: an entry with stop-loss and take-profit attached; whichever fires first cancels the
+  other (and any trailing stop). Every entry here may carry them.
+* time in force of entries: "gtc" (until filled or cancelled), "ioc" (only the first bar it is live:
+  marketable at the open or filled during that bar, else cancelled), or an integer N (expires after
+  N bars live).
+* conditional orders: every order above is created only when its signal is true.
+
+Fill prices and costs (see qlab.costs.CostModel.prepare, arrays per bar)
+-----------------------------------------------------------------------
+`entry_price` in the rules above is the executed entry price (costs included).
+Taker fills at reference price p on bar t, side s (+1 buy, -1 sell), quantity q:
+    cost_frac = half_spread[t] + slippage[t] + impact_k * sigma[t] * sqrt(q / adv[t])
+    price = p * (1 + s * cost_frac);       fee = taker_fee * price * q
+and the cost components are recorded in money: spread = half_spread*p*q, slippage = slippage*p*q,
+impact = impact*p*q. Maker fills: price = level, fee = maker_fee * price * q, no other component.
+Participation cap: q is cut to `participation_cap * adv[t]`; a cut entry fills only that much.
+
+Sizing (quantity computed at fill time from the reference price p, before costs)
+--------------------------------------------------------------------------------
+`equity` is the total account equity at the previous bar's close (the initial cash on the first bar).
+* units: q = value.       * amount: q = value / p (value in quote currency, e.g. USDT).
+* percent: margin = value * equity; q = margin * leverage / p.
+* risk: q = value * equity / d where d is the stop distance in price (stop_loss * p or
+  stop_loss_atr * ATR); needs a stop-loss.
+* vol_target: notional = equity * value / (sigma[t] * sqrt(bars_per_year)); capped at
+  equity * leverage; q = notional / p.
+Margin needed = q * price / leverage + fee. If it exceeds the cash, q is scaled once by
+cash / needed and price and fee are recomputed for the smaller q (smaller impact, so it fits).
+Orders with q * p below `min_notional` are skipped. ATR is Wilder's ATR (TA-Lib) over `atr_period`
+bars, see `atr()`; sigma and adv come from the CostModel and use data up to the bar before only.
+
+Leverage and liquidation (isolated margin per position)
+------------------------------------------------------
+margin = q * entry_price / leverage. Long liquidation price e * (1 - 1/L) / (1 - mmr); short
+e * (1 + 1/L) / (1 + mmr); mmr = maintenance margin rate. Liquidation is a protective level like a
+stop (touch triggers, gap fills at the open, taker costs). The position's loss is capped at its margin.
+
+Accounting
+----------
+Opening: cash -= margin + fee. Closing: cash += margin + s_pos * q * (exit - entry) - fee; for a
+liquidation the amount returned is floored at 0 (the loss is capped at the margin). Funding:
+cash -= s_pos * q * open * rate, recorded on the trade.
+Trade net_pnl = (cash returned at exit - margin) - entry_fee - funding, which is
+s_pos * q * (exit - entry) - entry_fee - exit_fee - funding unless a liquidation was capped. Equity = cash + sum over positions of margin + unrealised
+PnL at the close. A position still open at the last bar stays open: its trade is reported with
+`is_open=True`, exit price = last close, no exit costs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Literal
+
+import numpy as np
+
+from qlab.errors import ConfigError, did_you_mean
+
+ENTRY_TYPES = ("market", "limit", "stop", "stop_limit")
+SIZE_MODES = ("units", "amount", "percent", "risk", "vol_target")
+EXIT_REASONS = ("signal", "stop_loss", "take_profit", "trailing_stop", "liquidation", "end")
+
+
+def _choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ConfigError(f"{name}={value!r} is not one of {', '.join(choices)}." + did_you_mean(str(value), choices))
+
+
+def _fraction(name: str, value: float | None, upper: float = 1.0) -> None:
+    if value is not None and not (0 <= value < upper):
+        raise ConfigError(f"{name}={value!r} must be a fraction in [0, {upper}); e.g. 0.02 for 2 %")
+
+
+@dataclass(frozen=True)
+class OrderSpec:
+    """How signals become orders: entry type, protective exits, time in force, timing and intra-bar path."""
+
+    entry: Literal["market", "limit", "stop", "stop_limit"] = "market"
+    entry_offset: float = 0.0  # distance of a limit/stop entry from the signal bar's close, as a fraction
+    limit_offset: float = 0.0  # stop_limit: distance of the limit beyond the stop, as a fraction
+    tif: str | int = "gtc"  # "gtc", "ioc", or N bars
+    stop_loss: float | None = None  # fraction of the entry price
+    stop_loss_atr: float | None = None  # multiple of ATR
+    take_profit: float | None = None  # fraction of the entry price
+    trailing_stop: float | None = None  # fraction
+    trailing_atr: float | None = None  # multiple of ATR
+    atr_period: int = 14
+    timing: Literal["next_open", "close"] = "next_open"
+    path: Literal["ohlc", "pessimistic"] = "ohlc"
+
+    def __post_init__(self) -> None:
+        _choice("entry", self.entry, ENTRY_TYPES)
+        _choice("timing", self.timing, ("next_open", "close"))
+        _choice("path", self.path, ("ohlc", "pessimistic"))
+        if not (self.tif in ("gtc", "ioc") or (isinstance(self.tif, int) and not isinstance(self.tif, bool) and self.tif >= 1)):
+            raise ConfigError(f"tif={self.tif!r}; use 'gtc', 'ioc' or a number of bars >= 1")
+        for name in ("entry_offset", "limit_offset", "stop_loss", "take_profit", "trailing_stop"):
+            _fraction(name, getattr(self, name))
+        for name in ("stop_loss_atr", "trailing_atr"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                raise ConfigError(f"{name}={value!r} must be a positive multiple of ATR, e.g. 2.0")
+        if self.stop_loss is not None and self.stop_loss_atr is not None:
+            raise ConfigError("give stop_loss (a fraction) or stop_loss_atr (an ATR multiple), not both")
+        if self.trailing_stop is not None and self.trailing_atr is not None:
+            raise ConfigError("give trailing_stop (a fraction) or trailing_atr (an ATR multiple), not both")
+        if self.atr_period < 1:
+            raise ConfigError(f"atr_period={self.atr_period!r} must be >= 1")
+
+    @property
+    def tif_bars(self) -> int:
+        """Bars an entry order stays live: 0 = until filled or cancelled (gtc), 1 = ioc, else N."""
+        return 0 if self.tif == "gtc" else 1 if self.tif == "ioc" else int(self.tif)
+
+    def to_dict(self) -> dict:
+        """Plain values, for specs and reports."""
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class SizeSpec:
+    """How large an entry is: units, a quote amount, a percent of equity, a fixed risk, or a volatility target."""
+
+    mode: Literal["units", "amount", "percent", "risk", "vol_target"] = "percent"
+    value: float = 1.0  # units | quote amount | fraction of equity | fraction of equity at risk | annual vol target
+    leverage: float = 1.0
+    maintenance_margin: float = 0.005  # maintenance margin rate for liquidation
+    min_notional: float = 1e-9  # smaller orders are skipped
+
+    def __post_init__(self) -> None:
+        _choice("mode", self.mode, SIZE_MODES)
+        if not self.value > 0:
+            raise ConfigError(f"size value={self.value!r} must be > 0")
+        if self.mode in ("percent", "risk") and self.value > 1:
+            raise ConfigError(f"size value={self.value!r} is a fraction of equity for mode={self.mode!r}; e.g. 0.5 for 50 %")
+        if not 1 <= self.leverage <= 125:
+            raise ConfigError(f"leverage={self.leverage!r} must be between 1 and 125")
+        _fraction("maintenance_margin", self.maintenance_margin, 1 / self.leverage if self.leverage > 1 else 1.0)
+
+    def to_dict(self) -> dict:
+        """Plain values, for specs and reports."""
+        return asdict(self)
+
+
+def atr(high: np.ndarray, low: np.ndarray, close: np.ndarray, period: int) -> np.ndarray:
+    """Wilder's average true range (TA-Lib's ATR); NaN for the first `period` bars."""
+    import talib
+
+    return talib.ATR(np.ascontiguousarray(high, dtype=np.float64), np.ascontiguousarray(low, dtype=np.float64),
+                     np.ascontiguousarray(close, dtype=np.float64), timeperiod=period)
