@@ -33,6 +33,14 @@ class SchemaVersionError(StoreError):
     """The store was written by a newer qlab than this one."""
 
 
+class StrategyError(QlabError, ValueError):
+    """A strategy, indicator or signal that qlab cannot run as written."""
+
+
+class LookaheadError(StrategyError):
+    """A strategy whose values at a bar depend on later bars (it peeks into the future)."""
+
+
 def did_you_mean(name: str, choices: Iterable[str]) -> str:
     """A ' did you mean ...?' hint for an unknown name, or '' when nothing is close."""
     close = difflib.get_close_matches(str(name), [str(c) for c in choices], n=3, cutoff=0.5)

@@ -117,7 +117,8 @@ Opening: cash -= margin + fee. Closing: cash += margin + s_pos * q * (exit - ent
 liquidation the amount returned is floored at 0 (the loss is capped at the margin). Funding:
 cash -= s_pos * q * open * rate, recorded on the trade.
 Trade net_pnl = (cash returned at exit - margin) - entry_fee - funding, which is
-s_pos * q * (exit - entry) - entry_fee - exit_fee - funding unless a liquidation was capped. Equity = cash + sum over positions of margin + unrealised
+s_pos * q * (exit - entry) - entry_fee - exit_fee - funding unless a liquidation was capped.
+Equity = cash + sum over positions of margin + unrealised
 PnL at the close. A position still open at the last bar stays open: its trade is reported with
 `is_open=True`, exit price = last close, no exit costs.
 """
