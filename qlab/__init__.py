@@ -21,6 +21,12 @@ _LAZY = {
     "to_candles": "qlab.data.candles:to_candles",
     "validate_candles": "qlab.data.candles:validate_candles",
     "resample_candles": "qlab.data.candles:resample_candles",
+    "backtest": "qlab.analytics.result:backtest",
+    "Result": "qlab.analytics.result:Result",
+    "OrderSpec": "qlab.engine.orders:OrderSpec",
+    "SizeSpec": "qlab.engine.orders:SizeSpec",
+    "CostModel": "qlab.costs:CostModel",
+    "FeeSchedule": "qlab.costs:FeeSchedule",
     "show": "qlab.ui.display:show",
     "errors": "qlab.errors",
 }
@@ -29,6 +35,10 @@ __all__ = sorted(_LAZY)
 
 if TYPE_CHECKING:  # for editors and type checkers only; `as` marks the names as re-exported
     from qlab import errors as errors
+    from qlab.analytics.result import Result as Result
+    from qlab.analytics.result import backtest as backtest
+    from qlab.costs import CostModel as CostModel
+    from qlab.costs import FeeSchedule as FeeSchedule
     from qlab.data.candles import read_csv as read_csv
     from qlab.data.candles import resample_candles as resample_candles
     from qlab.data.candles import to_candles as to_candles
@@ -38,6 +48,8 @@ if TYPE_CHECKING:  # for editors and type checkers only; `as` marks the names as
     from qlab.data.sample import load_sample_funding as load_sample_funding
     from qlab.data.sample import samples as samples
     from qlab.data.store import Store as Store
+    from qlab.engine.orders import OrderSpec as OrderSpec
+    from qlab.engine.orders import SizeSpec as SizeSpec
     from qlab.ui.display import show as show
 
 

@@ -98,8 +98,9 @@ Sizing (quantity computed at fill time from the reference price p, before costs)
 * percent: margin = value * equity; q = margin * leverage / p.
 * risk: q = value * equity / d where d is the stop distance in price (stop_loss * p or
   stop_loss_atr * ATR); needs a stop-loss.
-* vol_target: notional = equity * value / (sigma[t] * sqrt(bars_per_year)); capped at
-  equity * leverage; q = notional / p.
+* vol_target: notional = equity * value / (vol[t] * sqrt(bars_per_year)); capped at
+  equity * leverage; q = notional / p. vol[t] is the sample std of log returns over the
+  `vol_window` bars before t (qlab.costs.past_sigma); entries before it exists are skipped.
 Margin needed = q * price / leverage + fee. If it exceeds the cash, q is scaled once by
 cash / needed and price and fee are recomputed for the smaller q (smaller impact, so it fits).
 Orders with q * p below `min_notional` are skipped. ATR is Wilder's ATR (TA-Lib) over `atr_period`
@@ -202,6 +203,7 @@ class SizeSpec:
     leverage: float = 1.0
     maintenance_margin: float = 0.005  # maintenance margin rate for liquidation
     min_notional: float = 1e-9  # smaller orders are skipped
+    vol_window: int = 20  # bars of returns behind the volatility estimate of vol_target sizing
 
     def __post_init__(self) -> None:
         _choice("mode", self.mode, SIZE_MODES)
@@ -212,6 +214,8 @@ class SizeSpec:
         if not 1 <= self.leverage <= 125:
             raise ConfigError(f"leverage={self.leverage!r} must be between 1 and 125")
         _fraction("maintenance_margin", self.maintenance_margin, 1 / self.leverage if self.leverage > 1 else 1.0)
+        if not (isinstance(self.vol_window, int) and self.vol_window >= 2):
+            raise ConfigError(f"vol_window={self.vol_window!r} must be an integer >= 2")
 
     def to_dict(self) -> dict:
         """Plain values, for specs and reports."""
