@@ -42,6 +42,25 @@ class Result:
 
         return metrics_table(self.equity, self.trades, self.simulation.bars_per_year, positions=self.positions, **kwargs)
 
+    def asset_metrics(self) -> pd.DataFrame:
+        """Per symbol: net PnL, its share of the total, return contribution, trades, win rate and costs paid."""
+        from qlab.analytics.portfolio import asset_contribution
+        from qlab.costs import cost_breakdown
+
+        out = asset_contribution(self.asset_pnl, self.simulation.initial_cash)
+        closed = self.trades[~self.trades.is_open]
+        out["n_trades"] = closed.groupby("asset").size().reindex(out.index, fill_value=0)
+        out["win_rate"] = closed.assign(win=closed.net_pnl > 0).groupby("asset")["win"].mean().reindex(out.index)
+        out["costs"] = [cost_breakdown(self.trades[self.trades.asset == a])["total"] for a in out.index]
+        return out
+
+    def portfolio_report(self, benchmark: pd.Series | None = None, **kwargs: Any):
+        """Contribution, correlation and risk decomposition of the symbols (and beta/alpha against `benchmark` closes)."""
+        from qlab.analytics.portfolio import portfolio_report
+
+        return portfolio_report(self.equity, self.asset_pnl, self.simulation.bars_per_year,
+                                initial_cash=self.simulation.initial_cash, benchmark=benchmark, **kwargs)
+
     def costs(self) -> pd.Series:
         """Costs paid, by component (fees, spread, slippage, impact, funding, total)."""
         from qlab.costs import cost_breakdown

@@ -88,6 +88,11 @@ def test_portfolio_shares_one_cash_balance():
     r = qlab.backtest(frames, sigs, size=SizeSpec("percent", 0.5))
     assert set(r.trades.asset) == {"BTC/USDT", "ETH/USDT"}
     assert r.cash.min() >= -1e-6
+    per_asset = r.asset_metrics()
+    assert per_asset["pnl"].sum() == pytest.approx(r.equity.iloc[-1] - 10_000, rel=1e-9)
+    assert per_asset["n_trades"].sum() == (~r.trades.is_open).sum()
+    report = r.portfolio_report(benchmark=btc.close)
+    assert report is not None
     total = r.asset_pnl.sum(axis=1)
     np.testing.assert_allclose(total.to_numpy(), r.equity.to_numpy() - 10_000, rtol=1e-9, atol=1e-6)
     with pytest.raises(DataError, match="share the index"):
