@@ -17,6 +17,7 @@ class Result:
     def __init__(self, simulation: Simulation) -> None:
         self.simulation = simulation
         self.trades = simulation.trades
+        self.orders = simulation.orders
         self.equity = simulation.equity
         self.cash = simulation.cash
         self.asset_pnl = simulation.asset_pnl

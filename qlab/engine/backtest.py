@@ -12,10 +12,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from qlab.costs import CostArrays, CostModel, past_sigma, resolve_costs
+from qlab.costs import CostArrays, CostModel, resolve_costs
 from qlab.data.candles import Candles, bars_per_year, infer_timeframe, validate_candles
 from qlab.engine.orders import ENTRY_TYPES, EXIT_REASONS, SIZE_MODES, OrderSpec, SizeSpec, atr
-from qlab.engine.simulate import TRADE_FIELDS, simulate_nb
+from qlab.engine.simulate import FILL_FIELDS, TRADE_FIELDS, simulate_nb
 from qlab.errors import ConfigError, DataError, did_you_mean
 
 SIGNAL_COLUMNS = ("entry_long", "exit_long", "entry_short", "exit_short")
@@ -27,6 +27,7 @@ class Simulation:
     """What the engine produced: trades, equity and per-asset tables, and how it was run."""
 
     trades: pd.DataFrame
+    orders: pd.DataFrame  # every fill: bar, time, asset, side, kind (entry/exit), reason, price, size, fee, maker
     equity: pd.Series
     cash: pd.Series
     asset_pnl: pd.DataFrame
@@ -34,9 +35,9 @@ class Simulation:
     initial_cash: float
     timeframe: str
     bars_per_year: float
-    orders: OrderSpec
-    size: SizeSpec
-    costs: dict[str, CostModel]
+    order_spec: OrderSpec
+    size_spec: SizeSpec
+    costs: dict[str, CostModel | CostArrays]
     symbols: list[str]
     candles: dict[str, Candles] = field(repr=False, default_factory=dict)
 
@@ -51,7 +52,7 @@ def as_frames(candles: Candles | dict[str, Candles]) -> dict[str, Candles]:
         validate_candles(frame, where=f"candles of {name}")
         if not frame.index.equals(first.index):
             raise DataError(
-                f"candles of {name} do not share the index of {first_name} ({len(frame)} vs {len(first)} bars, "
+                f"candles of {name!r} do not share the index of {first_name!r} ({len(frame)} vs {len(first)} bars, "
                 f"{frame.index[0]} vs {first.index[0]}); align them first, e.g. with .reindex(common_index).dropna() on both"
             )
     return frames
@@ -98,22 +99,26 @@ def _stack(frames: dict[str, Candles], column: str) -> np.ndarray:
     return np.ascontiguousarray(np.column_stack([f[column].to_numpy(dtype=np.float64) for f in frames.values()]))
 
 
-def _cost_models(costs: Any, frames: dict[str, Candles]) -> dict[str, CostModel]:
+def _cost_models(costs: Any, frames: dict[str, Candles]) -> dict[str, CostModel | CostArrays]:
+    """One CostModel (or already prepared CostArrays) per symbol."""
+    def one(c: Any) -> CostModel | CostArrays:
+        return c if isinstance(c, CostArrays) else resolve_costs(c)
+
     if isinstance(costs, dict):
         missing = [s for s in frames if s not in costs]
         if missing:
             raise ConfigError(f"no cost model for {missing[0]!r}; give one per symbol or a single CostModel")
-        return {s: resolve_costs(costs[s]) for s in frames}
-    model = resolve_costs(costs)
+        return {s: one(costs[s]) for s in frames}
+    if isinstance(costs, CostArrays) and len(frames) > 1:
+        raise ConfigError("one set of CostArrays for several symbols; pass a dict {symbol: CostArrays}")
+    model = one(costs)
     return {s: model for s in frames}
 
 
 def _past_vol(close: np.ndarray, window: int) -> np.ndarray:
     """Std of log returns over the `window` bars before each bar; NaN while it does not exist yet."""
-    sigma, warmup = past_sigma(close, window)
-    sigma = sigma.copy()
-    sigma[:warmup] = np.nan
-    return sigma
+    returns = pd.Series(np.log(close)).diff()
+    return returns.rolling(window).std(ddof=1).shift(1).to_numpy()  # returns of bars t-window .. t-1
 
 
 def simulate(
@@ -138,7 +143,10 @@ def simulate(
     if size.mode == "risk" and orders.stop_loss is None and orders.stop_loss_atr is None:
         raise ConfigError("size mode 'risk' needs a stop distance: set OrderSpec(stop_loss=...) or stop_loss_atr=...")
     models = _cost_models(costs, frames)
-    prepared: list[CostArrays] = [models[s].prepare(frames[s]) for s in frames]
+    prepared: list[CostArrays] = [m if isinstance(m, CostArrays) else m.prepare(frames[s], timeframe) for s, m in models.items()]
+    for s, p in zip(frames, prepared, strict=True):
+        if len(p) != len(frames[s]):
+            raise ConfigError(f"cost arrays for {s} have {len(p)} bars, the candles {len(frames[s])}; prepare them on the same candles")
 
     def stack_costs(name: str) -> np.ndarray:
         return np.ascontiguousarray(np.column_stack([getattr(p, name) for p in prepared]).astype(np.float64))
@@ -154,7 +162,7 @@ def simulate(
     def opt(value: float | None) -> float:
         return nan if value is None else float(value)
 
-    trades, equity, cash_arr, asset_pnl, position_value = simulate_nb(
+    trades, equity, cash_arr, asset_pnl, position_value, fills = simulate_nb(
         _stack(frames, "open"), high, low, close, sig["entry_long"], sig["exit_long"], sig["entry_short"], sig["exit_short"],
         np.ascontiguousarray(atr_arr), np.ascontiguousarray(vol_arr),
         stack_costs("half_spread"), stack_costs("slippage"), stack_costs("sigma"), stack_costs("adv"), stack_costs("funding"),
@@ -168,12 +176,13 @@ def simulate(
     symbols = list(frames)
     return Simulation(
         trades=trades_frame(trades, symbols, index),
+        orders=fills_frame(fills, symbols, index),
         equity=pd.Series(equity, index=index, name="equity"),
         cash=pd.Series(cash_arr, index=index, name="cash"),
         asset_pnl=pd.DataFrame(asset_pnl, index=index, columns=symbols),
         positions=pd.DataFrame(position_value, index=index, columns=symbols),
         initial_cash=float(cash), timeframe=timeframe, bars_per_year=bars_per_year(timeframe),
-        orders=orders, size=size, costs=models, symbols=symbols, candles=frames,
+        order_spec=orders, size_spec=size, costs=models, symbols=symbols, candles=frames,
     )
 
 
@@ -197,3 +206,23 @@ def trades_frame(records: np.ndarray, symbols: list[str], index: pd.DatetimeInde
     out["_asset_pos"] = asset_pos
     out = out.sort_values(["entry_bar", "_asset_pos", "exit_bar"], kind="stable").drop(columns="_asset_pos")
     return out.reset_index(drop=True)
+
+
+def fills_frame(records: np.ndarray, symbols: list[str], index: pd.DatetimeIndex) -> pd.DataFrame:
+    """The kernel's fills log as a table: one row per fill, in the order they happened."""
+    raw = pd.DataFrame(records, columns=list(FILL_FIELDS))
+    bars = raw["bar"].to_numpy(dtype=np.int64)
+    kind = raw["kind"].to_numpy(dtype=np.int64)
+    reason = raw["reason"].to_numpy(dtype=np.int64)
+    return pd.DataFrame({
+        "bar": bars,
+        "time": index[bars] if len(bars) else pd.DatetimeIndex([], tz="UTC"),
+        "asset": pd.Series([symbols[k] for k in raw["asset"].to_numpy(dtype=np.int64)], dtype=object),
+        "side": raw["side"].to_numpy(dtype=np.int64),
+        "kind": pd.Series(["entry" if k == 0 else "exit" for k in kind], dtype=object),
+        "reason": pd.Series([ENTRY_TYPES[r] if k == 0 else EXIT_REASONS[r] for k, r in zip(kind, reason, strict=True)], dtype=object),
+        "price": raw["price"].to_numpy(dtype=np.float64),
+        "size": raw["size"].to_numpy(dtype=np.float64),
+        "fee": raw["fee"].to_numpy(dtype=np.float64),
+        "maker": raw["maker"].to_numpy() > 0,
+    })

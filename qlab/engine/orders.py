@@ -48,6 +48,30 @@ bar, in column order: all of asset 0's events of the bar, then asset 1's, and so
    (short); signals of this bar create the orders for the next bar; pending entries whose time in
    force ended are cancelled.
 
+Fine print (both engines follow it; tests pin each point)
+---------------------------------------------------------
+* Conflicts: the same-direction rule applies first, then the long/short entry rule. Both entries
+  true: the implied exits still close the position and cancel a pending entry. An opposite entry
+  cancels a pending entry, then places its own.
+* Signals of bar t are read before the time in force of a pending entry ends at t's close, so an
+  entry signal on the expiry bar is ignored (the order is still pending), and the order then expires.
+* Exits at the open (gaps, signals) do not block entries at the open, so a reversal still reverses;
+  "nothing re-enters" applies to the path inside the bar. With timing="close" an entry at the close
+  after an exit earlier in the bar is allowed.
+* A take-profit counts as gapped when the open is at or beyond it.
+* A protective level already met at an entry's fill point (a stop tighter than the entry's costs)
+  fires there at once, as a taker at that price.
+* The pessimistic path is chosen once per bar, after the open's events, from the position then held.
+* Trailing peaks take only the part of the bar the position lived through: the whole bar when held
+  since the open (entries at the open included), the rest of the path after a fill inside the bar,
+  nothing for a fill at the close.
+* Funding is paid by the position held at the open; one opened at that open does not pay that bar.
+* An entry that needs ATR (stop_loss_atr, trailing_atr) is not created while the signal bar's ATR is
+  NaN. The participation cap applies to every entry fill (taker or maker), never to exits; the order
+  is size, cap, cash scaling (once), min_notional. An entry skipped as too small uses up its order.
+* A stop-limit gapped beyond its limit at the open rests as a limit until its time in force ends.
+* With the default timing, signals of the last bar create nothing.
+
 Order types
 -----------
 * market: fills at the reference price (open, or close with timing="close") as a taker.
@@ -99,8 +123,9 @@ Sizing (quantity computed at fill time from the reference price p, before costs)
 * risk: q = value * equity / d where d is the stop distance in price (stop_loss * p or
   stop_loss_atr * ATR); needs a stop-loss.
 * vol_target: notional = equity * value / (vol[t] * sqrt(bars_per_year)); capped at
-  equity * leverage; q = notional / p. vol[t] is the sample std of log returns over the
-  `vol_window` bars before t (qlab.costs.past_sigma); entries before it exists are skipped.
+  equity * leverage; q = notional / p. vol[t] is the sample std (ddof=1) of the `vol_window` log
+  returns ln(c_j / c_j-1), j = t-vol_window .. t-1; entries before it exists are skipped, and a vol
+  of 0 (a flat market) sizes at the cap.
 Margin needed = q * price / leverage + fee. If it exceeds the cash, q is scaled once by
 cash / needed and price and fee are recomputed for the smaller q (smaller impact, so it fits).
 Orders with q * p below `min_notional` are skipped. ATR is Wilder's ATR (TA-Lib) over `atr_period`

@@ -23,11 +23,14 @@ TRADE_FIELDS = (
 (F_ASSET, F_DIR, F_EBAR, F_XBAR, F_EPRICE, F_XPRICE, F_SIZE, F_EFEE, F_XFEE, F_SPREAD, F_SLIP, F_IMPACT,
  F_FUNDING, F_GROSS, F_NET, F_REASON, F_OPEN) = range(len(TRADE_FIELDS))
 
+# columns of the fills log: kind 0 = entry (reason = the order type), 1 = exit (reason = the exit reason)
+FILL_FIELDS = ("bar", "asset", "side", "kind", "reason", "price", "size", "fee", "maker")
+
 # per-asset position state (columns of a float matrix, so the kernel carries one array)
 (P_DIR, P_Q, P_ENTRY, P_MARGIN, P_EFEE, P_SPREAD, P_SLIP, P_IMPACT, P_FUNDING, P_EBAR, P_SL, P_TP, P_PEAK,
  P_TRAIL, P_LIQ, P_AT_OPEN) = range(16)
 # per-asset pending entry state
-(Q_DIR, Q_TYPE, Q_LEVEL, Q_LIMIT, Q_TRIGGERED, Q_LIVE, Q_SIGBAR) = range(7)
+(Q_DIR, Q_TYPE, Q_LEVEL, Q_LIMIT, Q_TRIGGERED, Q_LIVE, Q_SIGBAR, Q_EXPIRING) = range(8)
 
 # levels met at the same point fire in this order
 PRIORITY_LIQ, PRIORITY_SL, PRIORITY_TRAIL, PRIORITY_TP = 0, 1, 2, 3
@@ -59,6 +62,14 @@ def _record_entry(pos, a, d, q, price, fee, spread, slip, impact, bar, lev, mmr)
 
 
 @njit(cache=True)
+def _record_fill(fills, nfill, bar, a, side, kind, reason, price, q, fee, maker):
+    n = nfill[0]
+    fills[n, 0], fills[n, 1], fills[n, 2], fills[n, 3], fills[n, 4] = bar, a, side, kind, reason
+    fills[n, 5], fills[n, 6], fills[n, 7], fills[n, 8] = price, q, fee, 1.0 if maker else 0.0
+    nfill[0] = n + 1
+
+
+@njit(cache=True)
 def _trail_level(pos, a, trail_frac, trail_atr, atr_prev):
     """The trailing-stop level for this bar (constant within the bar); NaN when there is none."""
     d = pos[a, P_DIR]
@@ -77,16 +88,18 @@ def simulate_nb(
     timing_close, pessimistic,
     size_mode, size_value, leverage, mmr, min_notional, bars_per_year, cash0,
 ):
-    """Run the fill model over [T, A] arrays; returns (trades, equity, cash, asset_pnl, position_value)."""
+    """Run the fill model over [T, A] arrays; returns (trades, equity, cash, asset_pnl, position_value, fills)."""
     T, A = close.shape
     trades = np.full((2 * T * A + A, len(TRADE_FIELDS)), np.nan)
+    fills = np.full((4 * T * A + 2 * A, len(FILL_FIELDS)), np.nan)
+    nfill = np.zeros(1, dtype=np.int64)
     n_trades = 0
     equity = np.empty(T)
     cash_out = np.empty(T)
     asset_pnl = np.empty((T, A))
     position_value = np.empty((T, A))
     pos = np.zeros((A, 16))
-    pend = np.zeros((A, 7))
+    pend = np.zeros((A, 8))
     realised = np.zeros(A)
     cash = cash0
     equity_prev = cash0
@@ -108,15 +121,18 @@ def simulate_nb(
                 if reason >= 0:
                     cash, n_trades = _exit(pos, a, o, i, reason, False, cash, trades, n_trades, realised,
                                            half_spread[i, a], slippage[i, a], sigma[i, a], adv[i, a], impact_k[a],
-                                           taker_fee[a], maker_fee[a])
+                                           taker_fee[a], maker_fee[a], fills, nfill)
 
             # 1c. signal-driven orders from bar i-1 (default timing)
             if not timing_close and i > 0:
                 cash, n_trades = _signal_actions(
-                    i - 1, i, a, o, el, xl, es, xs, atr, vol, pos, pend, trades, n_trades, realised, cash, equity_prev,
+                    i - 1, i, a, o, el, xl, es, xs, atr, vol, pos, pend, fills, nfill, trades, n_trades, realised, cash, equity_prev,
                     close, half_spread, slippage, sigma, adv, maker_fee, taker_fee, impact_k, part_cap,
-                    entry_type, entry_offset, limit_offset, sl_frac, sl_atr, tp_frac,
+                    entry_type, entry_offset, limit_offset, sl_frac, sl_atr, tp_frac, trail_atr,
                     size_mode, size_value, leverage, mmr, min_notional, bars_per_year)
+                if pend[a, Q_EXPIRING] > 0:  # its time in force ended at the last close, after the signals were read
+                    pend[a, Q_DIR] = 0.0
+                    pend[a, Q_EXPIRING] = 0.0
 
             # 1d. pending entries marketable at the open
             if pos[a, P_DIR] == 0 and pend[a, Q_DIR] != 0:
@@ -133,14 +149,24 @@ def simulate_nb(
                         pend[a, Q_TRIGGERED] = 1.0
                         marketable = (o <= pend[a, Q_LIMIT]) if d > 0 else (o >= pend[a, Q_LIMIT])
                 if marketable:
-                    cash = _enter(pos, pend, a, d, o, False, i, int(pend[a, Q_SIGBAR]), cash, equity_prev, atr, vol,
+                    cash = _enter(pos, pend, a, d, o, False, int(pend[a, Q_TYPE]), fills, nfill, i, int(pend[a, Q_SIGBAR]),
+                                  cash, equity_prev, atr, vol,
                                   half_spread, slippage, sigma, adv, maker_fee, taker_fee, impact_k, part_cap,
                                   sl_frac, sl_atr, tp_frac, size_mode, size_value, leverage, mmr, min_notional,
                                   bars_per_year)
                     pend[a, Q_DIR] = 0.0
 
+            # a position entered at this open whose protective level is already met there exits at once
+            if pos[a, P_DIR] != 0 and pos[a, P_EBAR] == i:
+                reason = _gap_exit_reason(pos, a, o, trail_frac, trail_atr, atr[i - 1, a] if i > 0 else np.nan)
+                if reason >= 0:
+                    cash, n_trades = _exit(pos, a, o, i, reason, False, cash, trades, n_trades, realised,
+                                           half_spread[i, a], slippage[i, a], sigma[i, a], adv[i, a], impact_k[a],
+                                           taker_fee[a], maker_fee[a], fills, nfill)
+
             # a position held after the open stage takes this bar's extreme into its trailing peak
             pos[a, P_AT_OPEN] = 1.0 if pos[a, P_DIR] != 0 else 0.0
+            mid_peak = np.nan  # for an entry inside the bar: the extreme of the rest of the path
 
             # 2. the path through the bar
             d_now = pos[a, P_DIR]
@@ -162,7 +188,7 @@ def simulate_nb(
                             maker = reason == R_TAKE_PROFIT
                             cash, n_trades = _exit(pos, a, best, i, reason, maker, cash, trades, n_trades, realised,
                                                    half_spread[i, a], slippage[i, a], sigma[i, a], adv[i, a],
-                                                   impact_k[a], taker_fee[a], maker_fee[a])
+                                                   impact_k[a], taker_fee[a], maker_fee[a], fills, nfill)
                             exited_this_bar = True
                         break
                     if pend[a, Q_DIR] == 0 or exited_this_bar:
@@ -171,34 +197,49 @@ def simulate_nb(
                     if not fired:
                         break
                     d = pend[a, Q_DIR]
-                    cash = _enter(pos, pend, a, d, level, maker, i, int(pend[a, Q_SIGBAR]), cash, equity_prev, atr, vol,
+                    cash = _enter(pos, pend, a, d, level, maker, int(pend[a, Q_TYPE]), fills, nfill, i,
+                                  int(pend[a, Q_SIGBAR]), cash, equity_prev, atr, vol,
                                   half_spread, slippage, sigma, adv, maker_fee, taker_fee, impact_k, part_cap,
                                   sl_frac, sl_atr, tp_frac, size_mode, size_value, leverage, mmr, min_notional,
                                   bars_per_year)
                     pend[a, Q_DIR] = 0.0
                     if pos[a, P_DIR] == 0:
                         break
+                    mid_peak = level
+                    for k in range(seg + 1, 4):
+                        mid_peak = max(mid_peak, pts[k]) if d > 0 else min(mid_peak, pts[k])
+                    # a protective level already met at the fill point fires there at once
+                    reason = _gap_exit_reason(pos, a, level, trail_frac, trail_atr, atr_prev)
+                    if reason >= 0:
+                        cash, n_trades = _exit(pos, a, level, i, reason, False, cash, trades, n_trades, realised,
+                                               half_spread[i, a], slippage[i, a], sigma[i, a], adv[i, a],
+                                               impact_k[a], taker_fee[a], maker_fee[a], fills, nfill)
+                        exited_this_bar = True
+                        break
                     start = level
 
-            # 3. the close: signals of this bar under timing="close"
+            # 3. the close. Trailing peaks take the part of the bar the position lived through: the whole
+            # bar when held since the open, the rest of the path after a fill inside the bar
+            if pos[a, P_DIR] != 0:
+                ext = (h if pos[a, P_DIR] > 0 else lo_) if pos[a, P_AT_OPEN] > 0 else mid_peak
+                if not np.isnan(ext):
+                    pos[a, P_PEAK] = max(pos[a, P_PEAK], ext) if pos[a, P_DIR] > 0 else min(pos[a, P_PEAK], ext)
+            # signals of this bar under timing="close"
             if timing_close:
                 cash, n_trades = _signal_actions(
-                    i, i, a, c, el, xl, es, xs, atr, vol, pos, pend, trades, n_trades, realised, cash, equity_prev,
+                    i, i, a, c, el, xl, es, xs, atr, vol, pos, pend, fills, nfill, trades, n_trades, realised, cash, equity_prev,
                     close, half_spread, slippage, sigma, adv, maker_fee, taker_fee, impact_k, part_cap,
-                    entry_type, entry_offset, limit_offset, sl_frac, sl_atr, tp_frac,
+                    entry_type, entry_offset, limit_offset, sl_frac, sl_atr, tp_frac, trail_atr,
                     size_mode, size_value, leverage, mmr, min_notional, bars_per_year)
-            # trailing peaks take the bar's extreme for positions held since the open (entries inside the
-            # bar or at its close keep the entry price as their peak: _enter clears P_AT_OPEN)
-            if pos[a, P_DIR] != 0 and pos[a, P_AT_OPEN] > 0:
-                if pos[a, P_DIR] > 0:
-                    pos[a, P_PEAK] = max(pos[a, P_PEAK], h)
-                else:
-                    pos[a, P_PEAK] = min(pos[a, P_PEAK], lo_)
-            # pending entries: count the bar, expire by time in force
+            # pending entries: count the bar, expire by time in force (with the default timing, after the
+            # signals of this bar are read at the next open)
             if pend[a, Q_DIR] != 0 and pend[a, Q_SIGBAR] < i:
                 pend[a, Q_LIVE] += 1.0
                 if tif_bars > 0 and pend[a, Q_LIVE] >= tif_bars:
-                    pend[a, Q_DIR] = 0.0
+                    if timing_close:
+                        pend[a, Q_DIR] = 0.0
+                    else:
+                        pend[a, Q_EXPIRING] = 1.0
 
         # 3. mark to the close
         total = cash
@@ -222,7 +263,7 @@ def simulate_nb(
         if pos[a, P_DIR] != 0:
             n_trades = _write_trade(trades, n_trades, pos, a, close[T - 1, a], T - 1, 0.0, 0.0, 0.0, 0.0, R_END, True,
                                     pos[a, P_MARGIN] + pos[a, P_DIR] * pos[a, P_Q] * (close[T - 1, a] - pos[a, P_ENTRY]))
-    return trades[:n_trades], equity, cash_out, asset_pnl, position_value
+    return trades[:n_trades], equity, cash_out, asset_pnl, position_value, fills[:nfill[0]]
 
 
 @njit(cache=True)
@@ -238,7 +279,7 @@ def _gap_exit_reason(pos, a, o, trail_frac, trail_atr, atr_prev):
     if not np.isnan(tr) and ((o <= tr) if d > 0 else (o >= tr)):
         return R_TRAILING
     tp = pos[a, P_TP]
-    if not np.isnan(tp) and ((o > tp) if d > 0 else (o < tp)):
+    if not np.isnan(tp) and ((o >= tp) if d > 0 else (o <= tp)):
         return R_TAKE_PROFIT
     return -1
 
@@ -300,7 +341,7 @@ def _pending_fill_on(pend, a, start, end):
 
 
 @njit(cache=True)
-def _exit(pos, a, p, i, reason, maker, cash, trades, n_trades, realised, hs, slip, sig, adv_, k, taker, maker_fee):
+def _exit(pos, a, p, i, reason, maker, cash, trades, n_trades, realised, hs, slip, sig, adv_, k, taker, maker_fee, fills, nfill):
     """Close the position of asset a at reference price p; returns (cash, n_trades)."""
     d = pos[a, P_DIR]
     q = pos[a, P_Q]
@@ -315,6 +356,7 @@ def _exit(pos, a, p, i, reason, maker, cash, trades, n_trades, realised, hs, sli
     if reason == R_LIQUIDATION and returned < 0.0:
         returned = 0.0
     cash += returned
+    _record_fill(fills, nfill, i, a, -d, 1, reason, price, q, fee, maker)
     n_trades = _write_trade(trades, n_trades, pos, a, price, i, fee, s_cost, sl_cost, im_cost, reason, False, returned)
     realised[a] += trades[n_trades - 1, F_NET]
     pos[a, P_DIR] = 0.0
@@ -348,7 +390,7 @@ def _write_trade(trades, n, pos, a, exit_price, i, exit_fee, s_cost, sl_cost, im
 
 
 @njit(cache=True)
-def _enter(pos, pend, a, d, p, maker, i, sig_bar, cash, equity_prev, atr, vol, half_spread, slippage, sigma, adv,
+def _enter(pos, pend, a, d, p, maker, kind, fills, nfill, i, sig_bar, cash, equity_prev, atr, vol, half_spread, slippage, sigma, adv,
            maker_fee, taker_fee, impact_k, part_cap, sl_frac, sl_atr, tp_frac,
            size_mode, size_value, leverage, mmr, min_notional, bars_per_year):
     """Size and fill an entry of direction d at reference price p (maker: at p exactly); returns cash."""
@@ -369,9 +411,10 @@ def _enter(pos, pend, a, d, p, maker, i, sig_bar, cash, equity_prev, atr, vol, h
         q = size_value * equity_prev / dist
     else:
         ann = vol[i, a] * np.sqrt(bars_per_year)
-        if not ann > 0.0:
-            return cash  # no volatility estimate yet (or a flat market): the entry is skipped
-        q = min(equity_prev * size_value / ann, equity_prev * leverage) / p
+        if np.isnan(ann):
+            return cash  # no volatility estimate yet: the entry is skipped
+        cap = equity_prev * leverage
+        q = (min(equity_prev * size_value / ann, cap) if ann > 0.0 else cap) / p
     q = min(q, part_cap[a] * adv[i, a])
     if not q * p >= min_notional or cash <= 0.0:
         return cash
@@ -392,6 +435,7 @@ def _enter(pos, pend, a, d, p, maker, i, sig_bar, cash, equity_prev, atr, vol, h
         if not q * p >= min_notional:
             return cash
     _record_entry(pos, a, d, q, price, fee, s_cost, sl_cost, im_cost, i, leverage, mmr)
+    _record_fill(fills, nfill, i, a, d, 0, kind, price, q, fee, maker)
     cash -= q * price / leverage + fee
     # protective levels from the executed entry price
     if not np.isnan(sl_frac):
@@ -406,9 +450,9 @@ def _enter(pos, pend, a, d, p, maker, i, sig_bar, cash, equity_prev, atr, vol, h
 
 
 @njit(cache=True)
-def _signal_actions(t, i, a, p, el, xl, es, xs, atr, vol, pos, pend, trades, n_trades, realised, cash, equity_prev,
+def _signal_actions(t, i, a, p, el, xl, es, xs, atr, vol, pos, pend, fills, nfill, trades, n_trades, realised, cash, equity_prev,
                     close, half_spread, slippage, sigma, adv, maker_fee, taker_fee, impact_k, part_cap,
-                    entry_type, entry_offset, limit_offset, sl_frac, sl_atr, tp_frac,
+                    entry_type, entry_offset, limit_offset, sl_frac, sl_atr, tp_frac, trail_atr,
                     size_mode, size_value, leverage, mmr, min_notional, bars_per_year):
     """Apply the signals of bar t at reference price p on bar i: exits, cancellations, then entries."""
     e_long, x_long, e_short, x_short = el[t, a], xl[t, a], es[t, a], xs[t, a]
@@ -424,7 +468,7 @@ def _signal_actions(t, i, a, p, el, xl, es, xs, atr, vol, pos, pend, trades, n_t
     if exit_now:
         cash, n_trades = _exit(pos, a, p, i, R_SIGNAL, False, cash, trades, n_trades, realised,
                                half_spread[i, a], slippage[i, a], sigma[i, a], adv[i, a], impact_k[a],
-                               taker_fee[a], maker_fee[a])
+                               taker_fee[a], maker_fee[a], fills, nfill)
     # pending entries are cancelled by an exit of their direction or an opposite entry
     if (pend[a, Q_DIR] > 0 and (x_long or e_short)) or (pend[a, Q_DIR] < 0 and (x_short or e_long)):
         pend[a, Q_DIR] = 0.0
@@ -433,8 +477,11 @@ def _signal_actions(t, i, a, p, el, xl, es, xs, atr, vol, pos, pend, trades, n_t
     if not (e_long or e_short):
         return cash, n_trades
     d_new = 1.0 if e_long else -1.0
+    if (not np.isnan(sl_atr) or not np.isnan(trail_atr)) and np.isnan(atr[t, a]):
+        return cash, n_trades  # an entry that needs ATR is not created before ATR exists
     if entry_type == MARKET:
-        cash = _enter(pos, pend, a, d_new, p, False, i, t, cash, equity_prev, atr, vol, half_spread, slippage, sigma, adv,
+        cash = _enter(pos, pend, a, d_new, p, False, MARKET, fills, nfill, i, t, cash, equity_prev, atr, vol,
+                      half_spread, slippage, sigma, adv,
                       maker_fee, taker_fee, impact_k, part_cap, sl_frac, sl_atr, tp_frac,
                       size_mode, size_value, leverage, mmr, min_notional, bars_per_year)
         return cash, n_trades
@@ -444,6 +491,7 @@ def _signal_actions(t, i, a, p, el, xl, es, xs, atr, vol, pos, pend, trades, n_t
     pend[a, Q_TRIGGERED] = 0.0
     pend[a, Q_LIVE] = 0.0
     pend[a, Q_SIGBAR] = t
+    pend[a, Q_EXPIRING] = 0.0
     if entry_type == LIMIT:
         pend[a, Q_LEVEL] = ref * (1.0 - d_new * entry_offset)
     else:
