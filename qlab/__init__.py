@@ -23,8 +23,8 @@ _LAZY = {
     "resample_candles": "qlab.data.candles:resample_candles",
     "backtest": "qlab.analytics.result:backtest",
     "Result": "qlab.analytics.result:Result",
-    "OrderSpec": "qlab.engine.orders:OrderSpec",
-    "SizeSpec": "qlab.engine.orders:SizeSpec",
+    "OrderSpec": "qlab.execution:OrderSpec",
+    "SizeSpec": "qlab.execution:SizeSpec",
     "CostModel": "qlab.costs:CostModel",
     "FeeSchedule": "qlab.costs:FeeSchedule",
     "show": "qlab.ui.display:show",
@@ -48,8 +48,8 @@ if TYPE_CHECKING:  # for editors and type checkers only; `as` marks the names as
     from qlab.data.sample import load_sample_funding as load_sample_funding
     from qlab.data.sample import samples as samples
     from qlab.data.store import Store as Store
-    from qlab.engine.orders import OrderSpec as OrderSpec
-    from qlab.engine.orders import SizeSpec as SizeSpec
+    from qlab.execution import OrderSpec as OrderSpec
+    from qlab.execution import SizeSpec as SizeSpec
     from qlab.ui.display import show as show
 
 

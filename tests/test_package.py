@@ -14,7 +14,7 @@ import pytest
 import qlab
 
 REPO = Path(__file__).resolve().parents[1]
-LAYERS = ["errors", "config", "exchange", "data", "costs", "strategy", "engine", "analytics", "research",
+LAYERS = ["errors", "config", "exchange", "data", "costs", "execution", "strategy", "engine", "analytics", "research",
           "paper", "accounts", "alerts", "ui", "cli"]
 
 

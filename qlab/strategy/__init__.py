@@ -1,0 +1,1 @@
+"""Strategies: the indicator registry, signals and StrategySpec."""
