@@ -27,6 +27,12 @@ _LAZY = {
     "SizeSpec": "qlab.execution:SizeSpec",
     "CostModel": "qlab.costs:CostModel",
     "FeeSchedule": "qlab.costs:FeeSchedule",
+    "Strategy": "qlab.strategy.spec:Strategy",
+    "templates": "qlab.strategy.templates:templates",
+    "compile_strategy": "qlab.strategy.compile:compile_strategy",
+    "diagnose": "qlab.strategy.compile:diagnose",
+    "register_indicator": "qlab.strategy.indicators:register_indicator",
+    "check_lookahead": "qlab.engine.lookahead:check_lookahead",
     "show": "qlab.ui.display:show",
     "errors": "qlab.errors",
 }
@@ -48,8 +54,14 @@ if TYPE_CHECKING:  # for editors and type checkers only; `as` marks the names as
     from qlab.data.sample import load_sample_funding as load_sample_funding
     from qlab.data.sample import samples as samples
     from qlab.data.store import Store as Store
+    from qlab.engine.lookahead import check_lookahead as check_lookahead
     from qlab.execution import OrderSpec as OrderSpec
     from qlab.execution import SizeSpec as SizeSpec
+    from qlab.strategy.compile import compile_strategy as compile_strategy
+    from qlab.strategy.compile import diagnose as diagnose
+    from qlab.strategy.indicators import register_indicator as register_indicator
+    from qlab.strategy.spec import Strategy as Strategy
+    from qlab.strategy.templates import templates as templates
     from qlab.ui.display import show as show
 
 

@@ -183,3 +183,38 @@ def correlation_figure(corr: pd.DataFrame, *, title: str = "Correlation"):
     fig.update_yaxes(autorange="reversed")
     fig.update_layout(title=title, height=max(300, 60 * len(labels) + 120), margin={"l": 40, "r": 20, "t": 50, "b": 30})
     return fig
+
+
+def _price_scale(values: pd.Series, close: pd.Series) -> bool:
+    """True when an indicator lives on the price scale (moving averages, bands), not an oscillator's."""
+    ratio = (values / close).replace([float("inf"), float("-inf")], float("nan")).dropna()
+    return bool(len(ratio)) and 0.5 < float(ratio.median()) < 2.0
+
+
+def strategy_figure(candles: Candles, compiled: pd.DataFrame, trades: pd.DataFrame, timeframe: str, *, title: str = ""):
+    """Trades on the candles with the strategy's price-scale indicators overlaid; oscillators in a panel below."""
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    base = trades_figure(candles, trades, timeframe, title=title)
+    bars, shown_tf = chart_bars(candles, timeframe)
+    rules = ("entry_long", "exit_long", "entry_short", "exit_short")
+    numeric = [c for c in compiled.columns if compiled[c].dtype != bool and c not in rules]
+    overlays = [c for c in numeric if _price_scale(compiled[c], candles["close"])]
+    panel = [c for c in numeric if c not in overlays]
+    rows = 2 if panel else 1
+    fig = make_subplots(rows=rows, cols=1, shared_xaxes=True, row_heights=[0.72, 0.28] if panel else [1.0], vertical_spacing=0.03)
+    for trace in base.data:
+        fig.add_trace(trace, row=1, col=1)
+
+    def shown(col: str) -> pd.Series:
+        s = compiled[col]
+        return s if shown_tf == timeframe else s.resample(timeframe_delta(shown_tf), origin="epoch").last().reindex(bars.index)
+
+    for col in overlays:
+        fig.add_trace(go.Scatter(x=bars.index, y=shown(col), mode="lines", name=col, line={"width": 1.2}), row=1, col=1)
+    for col in panel:
+        fig.add_trace(go.Scatter(x=bars.index, y=shown(col), mode="lines", name=col, line={"width": 1.2}), row=2, col=1)
+    fig.update_layout(title=base.layout.title, xaxis_rangeslider_visible=False, height=700 if panel else 600,
+                      margin={"l": 40, "r": 20, "t": 50, "b": 30})
+    return fig

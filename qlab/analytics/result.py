@@ -9,6 +9,7 @@ import pandas as pd
 from qlab.data.candles import Candles
 from qlab.engine.backtest import Simulation, simulate
 from qlab.engine.orders import OrderSpec, SizeSpec
+from qlab.strategy.spec import Strategy
 
 
 class Result:
@@ -24,6 +25,8 @@ class Result:
         self.positions = simulation.positions
         self.symbols = simulation.symbols
         self.timeframe = simulation.timeframe
+        self.strategy: Strategy | None = None  # set when the run came from a Strategy
+        self.data: dict[str, pd.Series] | None = None
 
     def __repr__(self) -> str:
         m = self.metrics()
@@ -62,6 +65,16 @@ class Result:
         return portfolio_report(self.equity, self.asset_pnl, self.simulation.bars_per_year,
                                 initial_cash=self.simulation.initial_cash, benchmark=benchmark, **kwargs)
 
+    def diagnose(self, asset: str | None = None):
+        """For a Strategy run: how often each rule and each of its parts was true (why there were few or no trades)."""
+        from qlab.errors import ConfigError
+        from qlab.strategy.compile import diagnose
+
+        if self.strategy is None:
+            raise ConfigError("diagnose() explains Strategy runs; this backtest was given signal frames")
+        name = asset or self.symbols[0]
+        return diagnose(self.strategy, self.simulation.candles[name], self.data)
+
     def costs(self) -> pd.Series:
         """Costs paid, by component (fees, spread, slippage, impact, funding, total)."""
         from qlab.costs import cost_breakdown
@@ -91,20 +104,50 @@ class Result:
         return "<html><head><meta charset='utf-8'></head><body>" + "\n".join(parts) + "</body></html>"
 
 
+_FROM_SPEC = "from the strategy"
+
+
 def backtest(
     candles: Candles | dict[str, Candles],
-    signals: pd.DataFrame | dict[str, pd.DataFrame],
+    signals: pd.DataFrame | dict[str, pd.DataFrame] | Strategy | str,
     *,
     orders: OrderSpec | None = None,
     size: SizeSpec | None = None,
-    costs: Any = "default",
+    costs: Any = _FROM_SPEC,
     cash: float = 10_000.0,
     timeframe: str | None = None,
+    data: dict[str, pd.Series] | None = None,
 ) -> Result:
-    """Backtest signals on candles with realistic costs (the default); see qlab.engine.orders for the fill model.
+    """Backtest on candles with realistic costs (the default); see qlab.engine.orders for the fill model.
 
-    `candles` is one Candles frame or a dict {symbol: Candles} sharing one cash balance; `signals` the
-    matching boolean frame(s) with columns entry_long, exit_long, entry_short, exit_short. Costs are the
-    default CostModel unless you pass another, or `costs=None` to switch them off explicitly.
+    `candles` is one Candles frame or a dict {symbol: Candles} sharing one cash balance. `signals` is
+    either the matching boolean frame(s) with columns entry_long, exit_long, entry_short, exit_short, or
+    a Strategy (or a template name): it is compiled on each symbol's candles (with the extra `data`
+    series it declares), and its orders, sizing and costs apply unless given here. Costs are the default
+    CostModel unless you pass another, or `costs=None` to switch them off explicitly.
     """
-    return Result(simulate(candles, signals, orders=orders, size=size, costs=costs, cash=cash, timeframe=timeframe))
+    strategy = None
+    if isinstance(signals, str):
+        from qlab.strategy.templates import templates
+
+        signals = templates[signals]
+    if isinstance(signals, Strategy):
+        from qlab.strategy.compile import strategy_signals
+
+        strategy = signals
+        frames = candles if isinstance(candles, dict) else {"asset": candles}
+        compiled = {k: strategy_signals(strategy, v, data) for k, v in frames.items()}
+        signals = compiled if isinstance(candles, dict) else compiled["asset"]
+        orders = orders or strategy.order_spec()
+        size = size or strategy.size_spec()
+        costs = strategy.cost_model() if costs == _FROM_SPEC else costs
+        timeframe = timeframe or strategy.timeframe
+    elif costs == _FROM_SPEC:
+        costs = "default"
+    result = Result(simulate(candles, signals, orders=orders, size=size, costs=costs, cash=cash, timeframe=timeframe))
+    result.strategy, result.data = strategy, data
+    if strategy is not None and result.trades.empty:
+        import warnings
+
+        warnings.warn(f"strategy {strategy.name!r} made no trades:\n{result.diagnose()}", stacklevel=2)
+    return result
