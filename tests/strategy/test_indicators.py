@@ -413,3 +413,12 @@ def test_import_does_not_load_talib():
     code = "import sys, qlab.strategy.indicators as i; print('talib' in sys.modules, len(i.REGISTRY))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert out[0] == "False" and int(out[1]) >= 30
+
+
+def test_readme_lists_match_the_registries():
+    """README's indicator, signal and template tables are generated; regenerate with `python -m qlab.strategy --readme`."""
+    from qlab.strategy.__main__ import README, generated_sections, section
+
+    text = README.read_text()
+    for name, body in generated_sections().items():
+        assert section(text, name) == body.strip(), f"README {name} list is stale: run python -m qlab.strategy --readme"
