@@ -78,7 +78,7 @@ def run(params: dict[str, Any] | None = None) -> BuilderResult:
     candles = candles[(candles.index >= lo) & (candles.index < hi)]
     data = {"funding_rate": load_sample_funding(p["symbol"])} if "funding_rate" in strategy.data else None
     compiled = compile_strategy(strategy, candles, data)
-    result = backtest(candles, strategy, cash=float(p["cash"]), data=data)
+    result = backtest({p["symbol"]: candles}, strategy, cash=float(p["cash"]), data=data)
     title = f"{strategy.name} on {p['symbol']} {p['timeframe']}"
     figures = {
         "chart": strategy_figure(candles, compiled, result.trades, p["timeframe"], title=title),
