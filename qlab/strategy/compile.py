@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 
 from qlab.data.candles import Candles, infer_timeframe, timeframe_delta, validate_candles
-from qlab.errors import StrategyError, did_you_mean
+from qlab.errors import NotFoundError, StrategyError, did_you_mean
 from qlab.strategy.expr import Call, Node, Not, Op, evaluate, parse
 from qlab.strategy.indicators import get_indicator
 from qlab.strategy.spec import RULES, Strategy
@@ -26,7 +26,10 @@ def align_data(series: pd.Series, index: pd.DatetimeIndex, timeframe: str) -> pd
     """An event series (e.g. funding rates) as known at each bar's close: the last value stamped before it."""
     if not isinstance(series, pd.Series) or not isinstance(series.index, pd.DatetimeIndex) or series.index.tz is None:
         raise StrategyError("extra data must be a pandas Series with a UTC DatetimeIndex (e.g. qlab.load_sample_funding(...))")
-    s = series.sort_index()
+    if not (pd.api.types.is_numeric_dtype(series.dtype) or pd.api.types.is_bool_dtype(series.dtype)) \
+            or pd.api.types.is_complex_dtype(series.dtype):
+        raise StrategyError(f"extra data {series.name!r} holds {series.dtype} values; give numbers (e.g. pd.to_numeric(series))")
+    s = series.sort_index(kind="stable")
     closes = (index + timeframe_delta(timeframe)).as_unit("ns").asi8
     known = np.searchsorted(s.index.as_unit("ns").asi8, closes, side="left")  # events strictly before the close
     values = np.where(known > 0, s.to_numpy(dtype=np.float64)[np.maximum(known - 1, 0)], np.nan)
@@ -66,6 +69,17 @@ def _signal_order(strategy: Strategy, nodes: dict[str, Node]) -> list[str]:
     return done
 
 
+def _timeframe(strategy: Strategy, index: pd.DatetimeIndex) -> str:
+    """The candles' timeframe; StrategyError when the spec names another one (extra data would be misaligned)."""
+    if strategy.timeframe and len(index) < 2:
+        return strategy.timeframe
+    found = infer_timeframe(index)
+    if strategy.timeframe and strategy.timeframe != found:
+        raise StrategyError(f"strategy {strategy.name!r} is written for timeframe {strategy.timeframe!r}, but the candles are "
+                            f"{found} bars; load {strategy.timeframe} candles or change the spec's timeframe")
+    return found
+
+
 def warmup_bars(strategy: Strategy) -> int:
     """Bars before every indicator has a value (lookbacks add up along input chains)."""
     total: dict[str, int] = {}
@@ -79,6 +93,11 @@ def warmup_bars(strategy: Strategy) -> int:
 
 def compile_strategy(strategy: Strategy, candles: Candles, data: dict[str, pd.Series] | None = None) -> pd.DataFrame:
     """Indicator columns, signal columns and bool entry_long/exit_long/entry_short/exit_short on candles.index."""
+    return _compile(strategy, candles, data)[0]
+
+
+def _compile(strategy: Strategy, candles: Candles, data: dict[str, pd.Series] | None) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """The compiled frame, and the namespace the rules were evaluated in (each series with its own warm-up)."""
     validate_candles(candles, where=f"candles for strategy {strategy.name!r}")
     data = dict(data or {})
     missing = [d for d in strategy.data if d not in data]
@@ -91,8 +110,8 @@ def compile_strategy(strategy: Strategy, candles: Candles, data: dict[str, pd.Se
             "load more history or shorten the indicator periods"
         )
     index = candles.index
-    timeframe = strategy.timeframe or infer_timeframe(index)
     ns: dict[str, Any] = _base_namespace(candles)
+    timeframe = _timeframe(strategy, index) if strategy.timeframe or strategy.data else None
     for name in strategy.data:
         ns[name] = align_data(data[name], index, timeframe)
     columns: dict[str, pd.Series] = {}
@@ -115,10 +134,15 @@ def compile_strategy(strategy: Strategy, candles: Candles, data: dict[str, pd.Se
             continue
         value = evaluate(parse(text, rule), ns, index, rule)
         warm = max(warm, int(value.attrs.get("warmup", 0)))
+        if warm >= len(index):
+            raise StrategyError(
+                f"strategy {strategy.name!r}: {rule} `{text}` has no value on any of the {len(index)} bars (its warm-up "
+                "covers them all: a window longer than the data, or an input without values); load more history, "
+                "shorten the windows, or check the extra data")
         columns[rule] = value.astype(bool)
     out = pd.DataFrame(columns, index=index)
     out.attrs["warmup"] = warm
-    return out
+    return out, ns
 
 
 def strategy_signals(strategy: Strategy, candles: Candles, data: dict[str, pd.Series] | None = None) -> pd.DataFrame:
@@ -173,14 +197,23 @@ def _flatten(node: Node, op: str) -> list[Node]:
     return [node]
 
 
+def _signal_parts(strategy: Strategy, node: Node) -> list[Node]:
+    """The signals a rule reads (directly or through other signals), each followed by its parts."""
+    out: list[Node] = []
+    queue, seen = sorted(node.refs()), set()
+    while queue:
+        name = queue.pop(0)
+        if name in strategy.signals and name not in seen:
+            seen.add(name)
+            signal = parse(strategy.signals[name], f"signals.{name}")
+            out += [signal, *_parts(signal)]
+            queue += sorted(signal.refs())
+    return out
+
+
 def diagnose(strategy: Strategy, candles: Candles, data: dict[str, pd.Series] | None = None) -> Diagnosis:
     """Count, per rule and per part of it (and per signal it uses), the bars on which it was true."""
-    compiled = compile_strategy(strategy, candles, data)
-    ns: dict[str, Any] = _base_namespace(candles)
-    ns.update({c: compiled[c] for c in compiled.columns})
-    timeframe = strategy.timeframe or infer_timeframe(candles.index)
-    for name in strategy.data:
-        ns[name] = align_data((data or {})[name], candles.index, timeframe)
+    compiled, ns = _compile(strategy, candles, data)  # not the frame's columns: they carry the frame's warm-up in attrs
     rows = []
     for rule in RULES:
         text = strategy.rules.get(rule)
@@ -189,7 +222,7 @@ def diagnose(strategy: Strategy, candles: Candles, data: dict[str, pd.Series] | 
         node = parse(text, rule)
         rows.append((rule, "(whole rule)", int(compiled[rule].sum())))
         seen = set()
-        for part in _parts(node) + [parse(strategy.signals[r], r) for r in sorted(node.refs()) if r in strategy.signals]:
+        for part in _parts(node) + _signal_parts(strategy, node):
             label = part.to_text()
             if label in seen:
                 continue
@@ -205,6 +238,10 @@ def diagnose(strategy: Strategy, candles: Candles, data: dict[str, pd.Series] | 
     return Diagnosis(table, len(candles), int(compiled.attrs.get("warmup", 0)))
 
 
+class UnknownTemplateError(StrategyError, NotFoundError):
+    """A template name that does not exist (a KeyError too, so `name in qlab.templates` and `.get` work)."""
+
+
 def unknown_template(name: str, known: list[str]) -> StrategyError:
     """The error for a template name that does not exist."""
-    return StrategyError(f"no template {name!r}; templates: {', '.join(known)}." + did_you_mean(name, known))
+    return UnknownTemplateError(f"no template {name!r}; templates: {', '.join(known)}." + did_you_mean(name, known))

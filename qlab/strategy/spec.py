@@ -17,12 +17,16 @@ compile time (e.g. `funding_rate`). An indicator with `"input": NAME` reads that
 from __future__ import annotations
 
 import json
+import keyword
+import math
+import numbers
 import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from qlab.costs import CostModel, FeeSchedule, FixedSlippage, FixedSpread, SqrtImpact
+from qlab.data.candles import TIMEFRAMES
 from qlab.errors import QlabError, StrategyError, did_you_mean
 from qlab.execution import ORDER_FIELDS, SIZE_FIELDS, OrderSpec, SizeSpec, make_order_spec, make_size_spec
 from qlab.strategy.expr import Node, check, try_parse
@@ -64,6 +68,7 @@ class Strategy:
     @classmethod
     def from_dict(cls, spec: dict[str, Any], *, validate: bool = True) -> Strategy:
         """Build from a plain dict; every problem of the spec is reported at once in one StrategyError."""
+        spec = _plain(spec)
         problems = spec_problems(spec)
         if problems and validate:
             name = spec.get("name", "?") if isinstance(spec, dict) else "?"
@@ -74,10 +79,10 @@ class Strategy:
             for alias, d in (spec.get("indicators") or {}).items()
         }
         return cls(
-            name=str(spec.get("name", "strategy")), indicators=inds, signals=dict(spec.get("signals") or {}),
+            name=str(spec.get("name") or "strategy"), indicators=inds, signals=dict(spec.get("signals") or {}),
             rules={r: spec[r] for r in RULES if spec.get(r)}, orders=dict(spec.get("orders") or {}),
             size=dict(spec.get("size") or {}), costs=spec.get("costs", "default"),
-            description=str(spec.get("description", "")), timeframe=spec.get("timeframe"),
+            description=str(spec.get("description") or ""), timeframe=spec.get("timeframe"),
             data=tuple(spec.get("data") or ()), version=int(spec.get("version", SPEC_VERSION)),
         )
 
@@ -215,26 +220,36 @@ def spec_problems(spec: Any) -> list[str]:
         if key not in TOP_KEYS:
             problems.append(f"{key}: unknown key; use {', '.join(TOP_KEYS)}." + did_you_mean(str(key), TOP_KEYS))
     version = spec.get("version", SPEC_VERSION)
-    if not isinstance(version, int) or version > SPEC_VERSION or version < 1:
-        problems.append(f"version: {version!r} is not a spec version this qlab reads (1..{SPEC_VERSION}); upgrade qlab")
-    inds = spec.get("indicators") or {}
-    sigs = spec.get("signals") or {}
-    data = list(spec.get("data") or [])
-    if not isinstance(inds, dict):
-        return [*problems, "indicators: must be a mapping of name -> {fn: ..., params: {...}}"]
-    if not isinstance(sigs, dict):
-        return [*problems, "signals: must be a mapping of name -> expression"]
+    if isinstance(version, bool) or not isinstance(version, int) or version > SPEC_VERSION or version < 1:
+        problems.append(f"version: {version!r} is not a spec version this qlab reads (1..{SPEC_VERSION}); "
+                        + ("upgrade qlab" if isinstance(version, int) and version > SPEC_VERSION else f"write version: {SPEC_VERSION}"))
+    for key in ("name", "description"):
+        if spec.get(key) is not None and not isinstance(spec[key], str):
+            problems.append(f"{key}: must be text, got {spec[key]!r} ({type(spec[key]).__name__})")
+    timeframe = spec.get("timeframe")
+    if timeframe is not None and (not isinstance(timeframe, str) or timeframe not in TIMEFRAMES):
+        problems.append(f"timeframe: {timeframe!r} is not a timeframe; use one of {', '.join(TIMEFRAMES)} (or leave it out)."
+                        + did_you_mean(str(timeframe), TIMEFRAMES))
+    inds, sigs, data = (_section(spec, key, kind) for key, kind in (("indicators", dict), ("signals", dict), ("data", list)))
+    if inds is None:
+        return [*problems, f"indicators: must be a mapping of name -> {{fn: ..., params: {{...}}}}, got {spec['indicators']!r}"]
+    if sigs is None:
+        return [*problems, f"signals: must be a mapping of name -> expression, got {spec['signals']!r}"]
+    if data is None:
+        problems.append(f"data: must be a list of series names such as [funding_rate], got {spec['data']!r}")
+        data = []
     names: dict[str, str] = {c: "float" for c in CANDLE_NAMES}
     for d in data:
-        if not (isinstance(d, str) and IDENT.match(d)):
-            problems.append(f"data: {d!r} is not a valid series name")
+        problems += _name_problems(d, "data", names)
         names[str(d)] = "float"
     graph: dict[str, set[str]] = {}
+    groups: dict[str, tuple[str, ...]] = {}  # multi-output indicators: alias -> outputs
     for alias, d in inds.items():
         where = f"indicators.{alias}"
         problems += _name_problems(alias, where, names)
         if not isinstance(d, dict):
             problems.append(f"{where}: must be a mapping such as {{fn: sma, params: {{period: 20}}}}, got {d!r}")
+            names[str(alias)] = "float"  # keep the name known, so rules using it do not report it again
             continue
         for key in d:
             if key not in ("fn", "params", "input"):
@@ -257,12 +272,22 @@ def spec_problems(spec: Any) -> list[str]:
             graph[alias] = {str(source).split(".")[0]}
         for out in ind.outputs:
             names[alias if ind.outputs == ("value",) else f"{alias}.{out}"] = "float"
+        if ind.outputs != ("value",):
+            groups[str(alias)] = ind.outputs
     for alias, d in inds.items():  # inputs may name indicators defined later
-        if isinstance(d, dict) and d.get("input", "close") != "close" and str(d["input"]) not in names:
-            problems.append(f"indicators.{alias}.input: unknown series {d['input']!r}." + did_you_mean(str(d["input"]), names))
+        source = d.get("input", "close") if isinstance(d, dict) else "close"
+        if source == "close" or (isinstance(source, str) and names.get(source) == "float"):
+            continue
+        if isinstance(source, str) and source in sigs:
+            problems.append(f"indicators.{alias}.input: {source!r} is a signal (true/false); an indicator reads a number series")
+        elif isinstance(source, str) and source in groups:
+            problems.append(f"indicators.{alias}.input: {source!r} has several outputs; name one of "
+                            + ", ".join(f"{source}.{o}" for o in groups[source]))
+        else:
+            problems.append(f"indicators.{alias}.input: unknown series {source!r}." + did_you_mean(str(source), names))
     parsed: dict[str, Node] = {}
     for name in sigs:
-        problems += _name_problems(name, f"signals.{name}", names)
+        problems += _name_problems(name, f"signals.{name}", {**names, **dict.fromkeys(groups, "group")})
         names[name] = "bool"
     entries = [(f"signals.{k}", k, v) for k, v in sigs.items()] + [(r, r, spec[r]) for r in RULES if spec.get(r) is not None]
     for where, key, text in entries:
@@ -275,20 +300,44 @@ def spec_problems(spec: Any) -> list[str]:
                 graph[key] = {r.split(".")[0] for r in node.refs()}
     if not any(spec.get(r) for r in ("entry_long", "entry_short")):
         problems.append("entry_long / entry_short: the strategy has no entry rule; add at least one")
-    problems += _cycle_problems(graph)
+    problems += _cycle_problems(graph, set(sigs))
     problems += _engine_problems(spec)
     return problems
+
+
+def _plain(value: Any, depth: int = 0) -> Any:
+    """numpy scalars (e.g. a period from np.arange) as Python numbers, inside dicts and lists too."""
+    if isinstance(value, dict | list | tuple) and depth > 20:  # a spec is a few levels deep; YAML `&a [*a]` is endless
+        raise StrategyError("the spec is nested more than 20 levels deep (or contains itself, e.g. through a YAML alias); "
+                            "write it as plain mappings and lists")
+    if isinstance(value, dict):
+        return {k: _plain(v, depth + 1) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(_plain(v, depth + 1) for v in value)
+    if type(value).__module__ == "numpy" and hasattr(value, "item") and getattr(value, "ndim", None) == 0:
+        return value.item()
+    return value
+
+
+def _section(spec: dict[str, Any], key: str, kind: type) -> Any:
+    """spec[key] when it is a `kind` (missing or null: empty), else None."""
+    value = spec.get(key)
+    if value is None:
+        return kind()
+    return value if isinstance(value, kind) else None
 
 
 def _name_problems(name: Any, where: str, taken: dict[str, str]) -> list[str]:
     if not (isinstance(name, str) and IDENT.match(name)):
         return [f"{where}: {name!r} is not a valid name (letters, digits and _ , not starting with a digit)"]
-    if name in taken:
-        return [f"{where}: the name {name!r} is already used (by a candle column, data series, indicator or signal)"]
+    if keyword.iskeyword(name) or name.startswith("__") or name.endswith("__"):
+        return [f"{where}: {name!r} is a reserved word that expressions cannot refer to; pick another name"]
+    if name in taken or name in RULES:
+        return [f"{where}: the name {name!r} is already used (by a candle column, data series, indicator, signal or rule)"]
     return []
 
 
-def _cycle_problems(graph: dict[str, set[str]]) -> list[str]:
+def _cycle_problems(graph: dict[str, set[str]], signal_names: set[str]) -> list[str]:
     """Circular references among indicators (via input) and signals, each cycle named once."""
     problems, seen, state = [], set(), {}
 
@@ -300,7 +349,8 @@ def _cycle_problems(graph: dict[str, set[str]]) -> list[str]:
                 key = frozenset(cycle)
                 if key not in seen:
                     seen.add(key)
-                    problems.append(f"circular reference: {' -> '.join(cycle)}; break the loop")
+                    where = f"signals.{cycle[0]}" if cycle[0] in signal_names else f"indicators.{cycle[0]}.input"
+                    problems.append(f"{where}: circular reference {' -> '.join(cycle)}; break the loop")
             elif state.get(nxt) is None and nxt in graph:
                 visit(nxt, [*path, nxt])
         state[node] = 2
@@ -311,24 +361,59 @@ def _cycle_problems(graph: dict[str, set[str]]) -> list[str]:
     return problems
 
 
+MAX_BARS = 100_000  # upper bound of the whole-number order / size fields (TA-Lib's longest period)
+
+
+def _field_problem(where: str, kind: str, value: Any) -> str | None:
+    """A value that does not have the type a field declares ('float', 'float | None', 'int', 'str | int', Literal)."""
+    if value is None and "None" in kind:
+        return None
+    if kind.startswith("Literal") or kind == "str":
+        return None if isinstance(value, str) else f"{where}: expected one of the words in {kind[7:] or 'text'}, got {value!r}"
+    if kind == "str | int" and isinstance(value, str):
+        return None
+    if "int" in kind:
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not 1 <= value <= MAX_BARS:
+            words = "'gtc', 'ioc' or " if "str" in kind else ""
+            return f"{where}: expected {words}a whole number of bars from 1 to {MAX_BARS}, got {value!r}"
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+        return f"{where}: expected a finite number, got {value!r} ({type(value).__name__})"
+    return None
+
+
 def _engine_problems(spec: dict[str, Any]) -> list[str]:
     problems = []
-    for key, allowed, make in (("orders", ORDER_FIELDS, make_order_spec), ("size", SIZE_FIELDS, make_size_spec)):
-        d = spec.get(key) or {}
-        if not isinstance(d, dict):
-            problems.append(f"{key}: must be a mapping, got {d!r}")
+    for key, cls, make in (("orders", OrderSpec, make_order_spec), ("size", SizeSpec, make_size_spec)):
+        d = _section(spec, key, dict)
+        if d is None:
+            problems.append(f"{key}: must be a mapping, got {spec[key]!r}")
             continue
-        unknown = [k for k in d if k not in allowed]
-        problems += [f"{key}.{k}: unknown field; use {', '.join(allowed)}." + did_you_mean(str(k), allowed) for k in unknown]
-        if not unknown:
+        kinds = {f.name: str(f.type) for f in fields(cls)}
+        unknown = [k for k in d if k not in kinds]
+        problems += [f"{key}.{k}: unknown field; use {', '.join(kinds)}." + did_you_mean(str(k), kinds) for k in unknown]
+        wrong = [p for k, v in d.items() if k in kinds and (p := _field_problem(f"{key}.{k}", kinds[k], v))]
+        problems += wrong
+        if not unknown and not wrong:
             try:
                 make(d)
             except (QlabError, ValueError, TypeError) as exc:
                 problems.append(f"{key}: {exc}")
+    if not problems:
+        orders, size = _section(spec, "orders", dict), _section(spec, "size", dict)
+        if size.get("mode") == "risk" and orders.get("stop_loss") is None and orders.get("stop_loss_atr") is None:
+            problems.append("size.mode: 'risk' sizes each entry by its stop distance; set orders.stop_loss (a fraction) "
+                            "or orders.stop_loss_atr (an ATR multiple)")
     costs = spec.get("costs", "default")
     if isinstance(costs, dict):
         problems += [f"costs.{k}: unknown field; use {', '.join(COST_KEYS)}." + did_you_mean(str(k), COST_KEYS)
                      for k in costs if k not in COST_KEYS]
+        for k, v in costs.items():
+            if k in ("exchange", "symbol") and not isinstance(v, str):
+                problems.append(f"costs.{k}: expected text such as {'binance' if k == 'exchange' else 'BTC/USDT'}, got {v!r}")
+            elif k in COST_KEYS[2:] and not (v is None and k == "impact_k"):
+                problem = _field_problem(f"costs.{k}", "float", v)
+                problems += [problem] if problem else []
     if not problems:
         try:
             cost_model_from(costs)
