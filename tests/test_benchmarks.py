@@ -44,3 +44,17 @@ def test_quick_benchmark_writes_markdown(tmp_path: Path) -> None:
     assert re.search(rf"\| {NUMBER} ms", read), read
     assert re.search(r"\| (pass|\*\*miss\*\*) \|$", read), read
     assert "raw DuckDB" in text  # the baseline rows
+
+    assert "## Backtest engine and parameter sweeps" in text
+    single = _row(text, "single backtest: `qlab.backtest`")
+    assert re.search(rf"\| 20,000 1m bars, [\d,]+ trades \| {NUMBER} (?:µs|ms|s) \(median of 3\) \|", single), single
+    for starts in ("baseline: backtesting.py", "baseline: vectorbt"):
+        row = _row(text, starts)
+        assert re.search(rf"\| {NUMBER} (?:ms|s) \((?:one run|median of 3)\) \|", row), row
+        assert re.search(r"\| (pass|\*\*miss\*\*): [\d,]+× \([≥<] \d+×\) \|$", row), row
+    reference = _row(text, "baseline: reference loop")
+    assert re.search(r"\| ((pass|\*\*miss\*\*): [\d,]+× \([≥<] 100×\)|—) \|$", reference), reference
+    sweep = _row(text, "sweep: `sweep_ma_cross`, 45 SMA pairs")
+    assert re.search(rf"\| 10,000 1m bars × 45 pairs \| {NUMBER} (?:µs|ms|s) \(median of 3\) \|", sweep), sweep
+    assert "cache load" in _row(text, "↳ numba, fresh process (2,000 bars, 6 pairs)")
+    assert "same closed-trade count for all 45 pairs" in text

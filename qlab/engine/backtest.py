@@ -95,8 +95,15 @@ def as_signals(signals: pd.DataFrame | dict[str, pd.DataFrame], frames: dict[str
     return out
 
 
+def _columns(arrays: list[np.ndarray]) -> np.ndarray:
+    """[T, A] float64 C-contiguous; one asset is a view of its array, not a copy."""
+    if len(arrays) == 1:
+        return np.ascontiguousarray(arrays[0], dtype=np.float64).reshape(-1, 1)
+    return np.ascontiguousarray(np.column_stack(arrays), dtype=np.float64)
+
+
 def _stack(frames: dict[str, Candles], column: str) -> np.ndarray:
-    return np.ascontiguousarray(np.column_stack([f[column].to_numpy(dtype=np.float64) for f in frames.values()]))
+    return _columns([f[column].to_numpy(dtype=np.float64) for f in frames.values()])
 
 
 def _cost_models(costs: Any, frames: dict[str, Candles]) -> dict[str, CostModel | CostArrays]:
@@ -149,14 +156,18 @@ def simulate(
             raise ConfigError(f"cost arrays for {s} have {len(p)} bars, the candles {len(frames[s])}; prepare them on the same candles")
 
     def stack_costs(name: str) -> np.ndarray:
-        return np.ascontiguousarray(np.column_stack([getattr(p, name) for p in prepared]).astype(np.float64))
+        return _columns([getattr(p, name) for p in prepared])
 
     def per_asset(name: str) -> np.ndarray:
         return np.array([float(getattr(p, name)) for p in prepared], dtype=np.float64)
 
     high, low, close = _stack(frames, "high"), _stack(frames, "low"), _stack(frames, "close")
-    atr_arr = np.column_stack([atr(high[:, a], low[:, a], close[:, a], orders.atr_period) for a in range(len(frames))])
-    vol_arr = np.column_stack([_past_vol(close[:, a], size.vol_window) for a in range(len(frames))])
+    nans = np.full_like(close, np.nan)  # ATR and volatility are computed only when the orders or sizing use them
+    needs_atr = orders.stop_loss_atr is not None or orders.trailing_atr is not None
+    atr_arr = np.column_stack([atr(high[:, a], low[:, a], close[:, a], orders.atr_period)
+                               for a in range(len(frames))]) if needs_atr else nans
+    vol_arr = np.column_stack([_past_vol(close[:, a], size.vol_window)
+                               for a in range(len(frames))]) if size.mode == "vol_target" else nans
     nan = float("nan")
 
     def opt(value: float | None) -> float:
@@ -172,6 +183,7 @@ def simulate(
         orders.timing == "close", orders.path == "pessimistic",
         SIZE_MODES.index(size.mode), float(size.value), float(size.leverage), float(size.maintenance_margin),
         float(size.min_notional), float(bars_per_year(timeframe)), float(cash),
+        int(sig["entry_long"].sum() + sig["entry_short"].sum()),
     )
     symbols = list(frames)
     return Simulation(

@@ -86,12 +86,13 @@ def simulate_nb(
     half_spread, slippage, sigma, adv, funding, maker_fee, taker_fee, impact_k, part_cap,
     entry_type, entry_offset, limit_offset, tif_bars, sl_frac, sl_atr, tp_frac, trail_frac, trail_atr,
     timing_close, pessimistic,
-    size_mode, size_value, leverage, mmr, min_notional, bars_per_year, cash0,
+    size_mode, size_value, leverage, mmr, min_notional, bars_per_year, cash0, max_entries,
 ):
     """Run the fill model over [T, A] arrays; returns (trades, equity, cash, asset_pnl, position_value, fills)."""
     T, A = close.shape
-    trades = np.full((2 * T * A + A, len(TRADE_FIELDS)), np.nan)
-    fills = np.full((4 * T * A + 2 * A, len(FILL_FIELDS)), np.nan)
+    # every trade starts with an entry, and entries come only from entry signals: max_entries bounds both tables
+    trades = np.empty((max_entries + A, len(TRADE_FIELDS)))
+    fills = np.empty((2 * max_entries + 2 * A, len(FILL_FIELDS)))
     nfill = np.zeros(1, dtype=np.int64)
     n_trades = 0
     equity = np.empty(T)
@@ -124,15 +125,15 @@ def simulate_nb(
                                            taker_fee[a], maker_fee[a], fills, nfill)
 
             # 1c. signal-driven orders from bar i-1 (default timing)
-            if not timing_close and i > 0:
+            if not timing_close and i > 0 and (el[i - 1, a] or xl[i - 1, a] or es[i - 1, a] or xs[i - 1, a]):
                 cash, n_trades = _signal_actions(
                     i - 1, i, a, o, el, xl, es, xs, atr, vol, pos, pend, fills, nfill, trades, n_trades, realised, cash, equity_prev,
                     close, half_spread, slippage, sigma, adv, maker_fee, taker_fee, impact_k, part_cap,
                     entry_type, entry_offset, limit_offset, sl_frac, sl_atr, tp_frac, trail_atr,
                     size_mode, size_value, leverage, mmr, min_notional, bars_per_year)
-                if pend[a, Q_EXPIRING] > 0:  # its time in force ended at the last close, after the signals were read
-                    pend[a, Q_DIR] = 0.0
-                    pend[a, Q_EXPIRING] = 0.0
+            if pend[a, Q_EXPIRING] > 0:  # its time in force ended at the last close, after the signals were read
+                pend[a, Q_DIR] = 0.0
+                pend[a, Q_EXPIRING] = 0.0
 
             # 1d. pending entries marketable at the open
             if pos[a, P_DIR] == 0 and pend[a, Q_DIR] != 0:
@@ -173,14 +174,12 @@ def simulate_nb(
             high_first = (h - o) <= (o - lo_)
             if pessimistic and d_now != 0:
                 high_first = d_now < 0
-            pts = np.empty(4)
-            pts[0] = o
-            pts[1] = h if high_first else lo_
-            pts[2] = lo_ if high_first else h
-            pts[3] = c
+            e1 = h if high_first else lo_  # the path's corners: o -> e1 -> e2 -> c (scalars: no allocation per bar)
+            e2 = lo_ if high_first else h
             atr_prev = atr[i - 1, a] if i > 0 else np.nan
-            for seg in range(3):
-                start, end = pts[seg], pts[seg + 1]
+            for seg in range(3 if (pos[a, P_DIR] != 0 or pend[a, Q_DIR] != 0) else 0):
+                start = o if seg == 0 else (e1 if seg == 1 else e2)
+                end = e1 if seg == 0 else (e2 if seg == 1 else c)
                 while True:  # events along this segment, nearest first; an entry restarts the scan at its fill point
                     if pos[a, P_DIR] != 0:
                         best, reason = _first_exit_on(pos, a, start, end, trail_frac, trail_atr, atr_prev)
@@ -207,7 +206,8 @@ def simulate_nb(
                         break
                     mid_peak = level
                     for k in range(seg + 1, 4):
-                        mid_peak = max(mid_peak, pts[k]) if d > 0 else min(mid_peak, pts[k])
+                        corner = e1 if k == 1 else (e2 if k == 2 else c)
+                        mid_peak = max(mid_peak, corner) if d > 0 else min(mid_peak, corner)
                     # a protective level already met at the fill point fires there at once
                     reason = _gap_exit_reason(pos, a, level, trail_frac, trail_atr, atr_prev)
                     if reason >= 0:
@@ -225,7 +225,7 @@ def simulate_nb(
                 if not np.isnan(ext):
                     pos[a, P_PEAK] = max(pos[a, P_PEAK], ext) if pos[a, P_DIR] > 0 else min(pos[a, P_PEAK], ext)
             # signals of this bar under timing="close"
-            if timing_close:
+            if timing_close and (el[i, a] or xl[i, a] or es[i, a] or xs[i, a]):
                 cash, n_trades = _signal_actions(
                     i, i, a, c, el, xl, es, xs, atr, vol, pos, pend, fills, nfill, trades, n_trades, realised, cash, equity_prev,
                     close, half_spread, slippage, sigma, adv, maker_fee, taker_fee, impact_k, part_cap,
@@ -297,20 +297,20 @@ def _first_exit_on(pos, a, start, end, trail_frac, trail_atr, atr_prev):
     best_reason = -1
     adverse = (end < start) if d > 0 else (end > start)
     if adverse:
-        levels = np.empty(3)
-        levels[0] = pos[a, P_LIQ]
-        levels[1] = pos[a, P_SL]
-        levels[2] = _trail_level(pos, a, trail_frac, trail_atr, atr_prev)
-        reasons = (R_LIQUIDATION, R_STOP_LOSS, R_TRAILING)
         for k in range(3):
-            x = levels[k]
+            if k == 0:
+                x, reason = pos[a, P_LIQ], R_LIQUIDATION
+            elif k == 1:
+                x, reason = pos[a, P_SL], R_STOP_LOSS
+            else:
+                x, reason = _trail_level(pos, a, trail_frac, trail_atr, atr_prev), R_TRAILING
             if np.isnan(x):
                 continue
             met = (end <= x < start) if d > 0 else (start < x <= end)
             if met:
                 dist = abs(start - x)
                 if dist < best_dist:
-                    best_dist, best_price, best_reason = dist, x, reasons[k]
+                    best_dist, best_price, best_reason = dist, x, reason
     else:
         tp = pos[a, P_TP]
         if not np.isnan(tp):
