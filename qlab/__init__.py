@@ -33,6 +33,8 @@ _LAZY = {
     "diagnose": "qlab.strategy.compile:diagnose",
     "register_indicator": "qlab.strategy.indicators:register_indicator",
     "check_lookahead": "qlab.engine.lookahead:check_lookahead",
+    "optimize": "qlab.research.optimize:optimize",
+    "walk_forward": "qlab.research.walkforward:walk_forward",
     "show": "qlab.ui.display:show",
     "errors": "qlab.errors",
 }
@@ -57,6 +59,8 @@ if TYPE_CHECKING:  # for editors and type checkers only; `as` marks the names as
     from qlab.engine.lookahead import check_lookahead as check_lookahead
     from qlab.execution import OrderSpec as OrderSpec
     from qlab.execution import SizeSpec as SizeSpec
+    from qlab.research.optimize import optimize as optimize
+    from qlab.research.walkforward import walk_forward as walk_forward
     from qlab.strategy.compile import compile_strategy as compile_strategy
     from qlab.strategy.compile import diagnose as diagnose
     from qlab.strategy.indicators import register_indicator as register_indicator

@@ -36,8 +36,12 @@ def importance_figure(result: Any):
     def target(t: Any) -> float:
         return sign * t.values[0]
 
+    import warnings
+
     try:
-        imp = optuna.importance.get_param_importances(result.study, target=target)
+        with warnings.catch_warnings():  # optuna reminds that it ranks for low targets: `target` already flips the sign
+            warnings.simplefilter("ignore", UserWarning)
+            imp = optuna.importance.get_param_importances(result.study, target=target)
     except (ValueError, RuntimeError):  # too few completed trials to fit the importance model
         return None
     fig = go.Figure(go.Bar(x=list(imp.values()), y=list(imp.keys()), orientation="h"))
