@@ -1,4 +1,4 @@
-"""The `qlab` command line: data import/list/quality/export and notebook runs."""
+"""The `qlab` command line: data import/list/quality/export, notebook runs and optimisation."""
 
 from __future__ import annotations
 
@@ -133,6 +133,109 @@ def _parse_value(text: str) -> object:
     return text
 
 
+OPTIMIZE_KEYS = ("strategy", "candles", "space", "objective", "method", "n_trials", "seed", "constraints", "cash",
+                 "storage", "study_name", "workers")
+CANDLE_KEYS = ("source", "exchange", "symbol", "timeframe", "start", "end")
+
+
+def load_optimize_config(path: str | Path) -> dict:
+    """A YAML or JSON optimisation config (see examples/optimize_sma.yaml), checked for unknown keys."""
+    import json
+
+    import yaml
+
+    from qlab.errors import ConfigError, did_you_mean
+
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"no config file {str(p)!r}; check the path")
+    try:
+        config = json.loads(p.read_text()) if p.suffix == ".json" else yaml.safe_load(p.read_text())
+    except (json.JSONDecodeError, yaml.YAMLError) as exc:
+        raise ConfigError(f"{p}: not valid {'JSON' if p.suffix == '.json' else 'YAML'}: {exc}") from None
+    if not isinstance(config, dict):
+        raise ConfigError(f"{p}: the config must be a mapping with keys such as strategy, candles, space, objective")
+    for where, keys, allowed in (("", config, OPTIMIZE_KEYS), ("candles.", config.get("candles") or {}, CANDLE_KEYS)):
+        for key in keys:
+            if key not in allowed:
+                raise ConfigError(f"{p}: unknown key {where}{key!r}; use {', '.join(allowed)}." + did_you_mean(str(key), allowed))
+    for key in ("strategy", "candles", "space"):
+        if key not in config:
+            raise ConfigError(f"{p}: the config needs {key!r}")
+    strategy = config["strategy"]
+    if isinstance(strategy, str) and strategy.endswith((".yaml", ".yml", ".json")):  # a spec file beside the config
+        from qlab.strategy.spec import Strategy
+
+        spec = Path(strategy) if Path(strategy).is_absolute() or Path(strategy).exists() else p.parent / strategy
+        config["strategy"] = Strategy.load(spec).to_dict()
+    return config
+
+
+def _config_candles(source: dict, store_path: str | None):
+    """Candles from the bundled sample (source: sample, the default) or the store (source: store)."""
+    from qlab.errors import ConfigError
+
+    kind = source.get("source", "sample")
+    if not (source.get("symbol") and source.get("timeframe")):
+        raise ConfigError("candles: give symbol and timeframe (and exchange for source: store)")
+    if kind == "store":
+        from qlab.data.store import Store
+
+        if not source.get("exchange"):
+            raise ConfigError("candles: source 'store' needs the exchange of the stored series")
+        with Store(store_path, read_only=True) as store:
+            return store.candles(source["exchange"], source["symbol"], source["timeframe"], source.get("start"), source.get("end"))
+    if kind != "sample":
+        raise ConfigError(f"candles: source {kind!r}; use 'sample' (the bundled data) or 'store'")
+    import pandas as pd
+
+    from qlab.data.sample import load_sample
+
+    candles = load_sample(source["symbol"], source["timeframe"], source.get("exchange"))
+    try:
+        bounds = {k: pd.Timestamp(source[k]) for k in ("start", "end") if source.get(k) is not None}
+    except ValueError as exc:
+        raise ConfigError(f"candles: start/end must be dates such as 2023-01-01: {exc}") from None
+    bounds = {k: t.tz_localize("UTC") if t.tz is None else t for k, t in bounds.items()}
+    if "start" in bounds:
+        candles = candles[candles.index >= bounds["start"]]
+    if "end" in bounds:
+        candles = candles[candles.index < bounds["end"]]
+    if candles.empty:
+        raise ConfigError(f"candles: no bundled {source['symbol']} {source['timeframe']} bars between {source.get('start')} "
+                          f"and {source.get('end')}")
+    return candles
+
+
+def cmd_optimize(args: argparse.Namespace) -> int:
+    """Search a config's space; flags override the config's storage, study name and workers."""
+    from qlab.errors import ConfigError
+    from qlab.research.optimize import optimize
+
+    config = load_optimize_config(args.config)
+    candles = _config_candles(config["candles"], args.store)
+    storage = args.storage or config.get("storage")
+    workers = args.workers if args.workers is not None else int(config.get("workers", 1))
+    if workers < 1:
+        raise ConfigError(f"--workers {workers}: give 1 or more worker processes")
+    result = optimize(config["strategy"], candles, config["space"], config.get("objective", "sharpe"),
+                      method=config.get("method", "bayes"), n_trials=config.get("n_trials", 100), seed=config.get("seed", 0),
+                      constraints=config.get("constraints"), cash=float(config.get("cash", 10_000.0)), storage=storage,
+                      study_name=args.study_name or config.get("study_name"), workers=workers, progress=sys.stderr.isatty())
+    finished = int((result.trials.state == "COMPLETE").sum())
+    print(f"study {result.study.study_name!r}: {finished} complete trial(s) of {len(result.trials)}, {result.method} search "
+          f"on {len(candles)} bars, {workers} worker(s), storage {storage or 'in memory'}")
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        result.trials.to_csv(args.out, index=False)
+        print(f"wrote {len(result.trials)} trials to {args.out}")
+    best = result.best  # a QlabError when no trial is feasible
+    print("best parameters: " + ", ".join(f"{p}={best[p]}" for p in result.space.names))
+    print("objectives: " + ", ".join(f"{o}={best[o]:.6g}" for o in result.objectives)
+          + (f" (first of a Pareto front of {len(result.pareto)})" if len(result.objectives) > 1 else ""))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the `qlab` command."""
     parser = argparse.ArgumentParser(prog="qlab", description="qlab: a quantitative research lab for crypto trading")
@@ -179,6 +282,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"))
     p.add_argument("--reports", default=None, help="report folder (default ./reports)")
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("optimize", help="search a strategy's parameters from a YAML/JSON config, on 1..N worker processes")
+    p.add_argument("--config", required=True, help="YAML or JSON file: strategy, candles, space, objective, method, ...")
+    p.add_argument("--storage", help="optuna storage: sqlite:///study.db, study.log (Journal file) or "
+                                     "postgresql+psycopg://user@host/db (many machines); default: in memory")
+    p.add_argument("--study-name", help="join or create this study on the storage (the same name on every machine)")
+    p.add_argument("--workers", type=int, help="worker processes on this machine sharing the study (default 1)")
+    p.add_argument("--out", help="write the trials table to this CSV file")
+    p.set_defaults(func=cmd_optimize)
     return parser
 
 

@@ -216,7 +216,7 @@ def optimize(
 
         return run_workers(strategy, candles, space, objective, method=method, n_trials=n_trials, storage=storage,
                            study_name=study_name, seed=seed, constraints=constraints, data=data, cash=cash, fast=fast,
-                           check_lookahead=check_lookahead, workers=workers)
+                           check_lookahead=check_lookahead, workers=workers, progress=progress)
     strat = resolve_strategy(strategy)
     validate_candles(candles, where="the candles to optimise on")
     sp = parse_space(space, strat)
