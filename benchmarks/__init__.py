@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 # Modules holding @section functions, run in this order.
-SECTION_MODULES: tuple[str, ...] = ("benchmarks.store_bench", "benchmarks.engine_bench")
+SECTION_MODULES: tuple[str, ...] = ("benchmarks.store_bench", "benchmarks.engine_bench", "benchmarks.optimize_bench")
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ def test_quick_benchmark_writes_markdown(tmp_path: Path) -> None:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))}
     proc = subprocess.run(
         [sys.executable, "-m", "benchmarks", "--quick", "--out", str(out)],
-        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120,
+        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300,
     )
     assert proc.returncode == 0, proc.stderr
     text = out.read_text(encoding="utf-8")
@@ -34,6 +34,9 @@ def test_quick_benchmark_writes_markdown(tmp_path: Path) -> None:
     for fact in ("- CPU: ", "- Memory: ", "- OS: ", "- Python: ", "- Libraries: "):
         assert fact in text
     assert "## Market-data store" in text
+    assert "## Optimiser, end to end" in text
+    assert re.search(rf"\| {NUMBER} (?:ms|s) \|", _row(text, "Bayesian (TPE)"))
+    assert re.search(rf"\| {NUMBER} (?:ms|s) \|", _row(text, "grid, `sma_cross`"))
 
     ingest = _row(text, "ingest:")
     assert re.search(rf"\| 500,000 1m rows \| {NUMBER} (?:ms|s)\b", ingest), ingest

@@ -65,6 +65,17 @@ def _dimension(name: str, spec: Any) -> Dimension:
     return Dimension(name, kind, float(low), float(high), None if step is None else float(step), log)
 
 
+def distribution(d: Dimension) -> Any:
+    """The optuna distribution of a dimension (what `suggest` would have used)."""
+    import optuna
+
+    if d.kind == "choice":
+        return optuna.distributions.CategoricalDistribution(list(d.choices))
+    if d.kind == "int":
+        return optuna.distributions.IntDistribution(int(d.low), int(d.high), step=int(d.step or 1), log=d.log)
+    return optuna.distributions.FloatDistribution(d.low, d.high, step=d.step, log=d.log)
+
+
 @dataclass(frozen=True)
 class Space:
     """The searched dimensions, in the order given."""
