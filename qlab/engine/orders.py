@@ -53,8 +53,11 @@ Fine print (both engines follow it; tests pin each point)
 * Conflicts: the same-direction rule applies first, then the long/short entry rule. Both entries
   true: the implied exits still close the position and cancel a pending entry. An opposite entry
   cancels a pending entry, then places its own.
-* Signals of bar t are read before the time in force of a pending entry ends at t's close, so an
-  entry signal on the expiry bar is ignored (the order is still pending), and the order then expires.
+* Signals of bar t are read at t's close, against the state then (the position, the pending entry):
+  an entry signal while in that direction is ignored even if a gap stop closes the position at the
+  next open, and an entry signal on the expiry bar of a pending entry is ignored (the order is still
+  pending; it then expires). The decided exits, cancellations and entries are carried out at the
+  next open, after funding and gap exits (an exit decided for a position a gap already closed is moot).
 * Exits at the open (gaps, signals) do not block entries at the open, so a reversal still reverses;
   "nothing re-enters" applies to the path inside the bar. With timing="close" an entry at the close
   after an exit earlier in the bar is allowed.

@@ -30,7 +30,7 @@ FILL_FIELDS = ("bar", "asset", "side", "kind", "reason", "price", "size", "fee",
 (P_DIR, P_Q, P_ENTRY, P_MARGIN, P_EFEE, P_SPREAD, P_SLIP, P_IMPACT, P_FUNDING, P_EBAR, P_SL, P_TP, P_PEAK,
  P_TRAIL, P_LIQ, P_AT_OPEN) = range(16)
 # per-asset pending entry state
-(Q_DIR, Q_TYPE, Q_LEVEL, Q_LIMIT, Q_TRIGGERED, Q_LIVE, Q_SIGBAR, Q_EXPIRING) = range(8)
+(Q_DIR, Q_TYPE, Q_LEVEL, Q_LIMIT, Q_TRIGGERED, Q_LIVE, Q_SIGBAR) = range(7)
 
 # levels met at the same point fire in this order
 PRIORITY_LIQ, PRIORITY_SL, PRIORITY_TRAIL, PRIORITY_TP = 0, 1, 2, 3
@@ -100,7 +100,8 @@ def simulate_nb(
     asset_pnl = np.empty((T, A))
     position_value = np.empty((T, A))
     pos = np.zeros((A, 16))
-    pend = np.zeros((A, 8))
+    pend = np.zeros((A, 7))
+    dec = np.zeros((A, 3))  # decisions from the last close's signals: exit, cancel pending, entry direction
     realised = np.zeros(A)
     cash = cash0
     equity_prev = cash0
@@ -125,15 +126,13 @@ def simulate_nb(
                                            taker_fee[a], maker_fee[a], fills, nfill)
 
             # 1c. signal-driven orders from bar i-1 (default timing)
-            if not timing_close and i > 0 and (el[i - 1, a] or xl[i - 1, a] or es[i - 1, a] or xs[i - 1, a]):
-                cash, n_trades = _signal_actions(
-                    i - 1, i, a, o, el, xl, es, xs, atr, vol, pos, pend, fills, nfill, trades, n_trades, realised, cash, equity_prev,
+            # (the signals were read at bar i-1's close, against the state then; see _decide)
+            if not timing_close and i > 0 and (dec[a, 0] > 0 or dec[a, 1] > 0 or dec[a, 2] != 0):
+                cash, n_trades = _act(
+                    i - 1, i, a, o, dec, atr, vol, pos, pend, fills, nfill, trades, n_trades, realised, cash, equity_prev,
                     close, half_spread, slippage, sigma, adv, maker_fee, taker_fee, impact_k, part_cap,
-                    entry_type, entry_offset, limit_offset, sl_frac, sl_atr, tp_frac, trail_atr,
+                    entry_type, entry_offset, limit_offset, sl_frac, sl_atr, tp_frac,
                     size_mode, size_value, leverage, mmr, min_notional, bars_per_year)
-            if pend[a, Q_EXPIRING] > 0:  # its time in force ended at the last close, after the signals were read
-                pend[a, Q_DIR] = 0.0
-                pend[a, Q_EXPIRING] = 0.0
 
             # 1d. pending entries marketable at the open
             if pos[a, P_DIR] == 0 and pend[a, Q_DIR] != 0:
@@ -225,21 +224,21 @@ def simulate_nb(
                 if not np.isnan(ext):
                     pos[a, P_PEAK] = max(pos[a, P_PEAK], ext) if pos[a, P_DIR] > 0 else min(pos[a, P_PEAK], ext)
             # signals of this bar under timing="close"
-            if timing_close and (el[i, a] or xl[i, a] or es[i, a] or xs[i, a]):
-                cash, n_trades = _signal_actions(
-                    i, i, a, c, el, xl, es, xs, atr, vol, pos, pend, fills, nfill, trades, n_trades, realised, cash, equity_prev,
-                    close, half_spread, slippage, sigma, adv, maker_fee, taker_fee, impact_k, part_cap,
-                    entry_type, entry_offset, limit_offset, sl_frac, sl_atr, tp_frac, trail_atr,
-                    size_mode, size_value, leverage, mmr, min_notional, bars_per_year)
-            # pending entries: count the bar, expire by time in force (with the default timing, after the
-            # signals of this bar are read at the next open)
+            # signals of this bar are read now, against the state at the close; with timing="close" they act now,
+            # by default at the next open
+            if el[i, a] or xl[i, a] or es[i, a] or xs[i, a]:
+                _decide(i, a, el, xl, es, xs, atr, pos, pend, dec, sl_atr, trail_atr)
+                if timing_close:
+                    cash, n_trades = _act(
+                        i, i, a, c, dec, atr, vol, pos, pend, fills, nfill, trades, n_trades, realised, cash, equity_prev,
+                        close, half_spread, slippage, sigma, adv, maker_fee, taker_fee, impact_k, part_cap,
+                        entry_type, entry_offset, limit_offset, sl_frac, sl_atr, tp_frac,
+                        size_mode, size_value, leverage, mmr, min_notional, bars_per_year)
+            # pending entries: count the bar, expire by time in force (after this bar's signals were read)
             if pend[a, Q_DIR] != 0 and pend[a, Q_SIGBAR] < i:
                 pend[a, Q_LIVE] += 1.0
                 if tif_bars > 0 and pend[a, Q_LIVE] >= tif_bars:
-                    if timing_close:
-                        pend[a, Q_DIR] = 0.0
-                    else:
-                        pend[a, Q_EXPIRING] = 1.0
+                    pend[a, Q_DIR] = 0.0
 
         # 3. mark to the close
         total = cash
@@ -450,11 +449,8 @@ def _enter(pos, pend, a, d, p, maker, kind, fills, nfill, i, sig_bar, cash, equi
 
 
 @njit(cache=True)
-def _signal_actions(t, i, a, p, el, xl, es, xs, atr, vol, pos, pend, fills, nfill, trades, n_trades, realised, cash, equity_prev,
-                    close, half_spread, slippage, sigma, adv, maker_fee, taker_fee, impact_k, part_cap,
-                    entry_type, entry_offset, limit_offset, sl_frac, sl_atr, tp_frac, trail_atr,
-                    size_mode, size_value, leverage, mmr, min_notional, bars_per_year):
-    """Apply the signals of bar t at reference price p on bar i: exits, cancellations, then entries."""
+def _decide(t, a, el, xl, es, xs, atr, pos, pend, dec, sl_atr, trail_atr):
+    """Read the signals of bar t against the state at its close: exit? cancel the pending entry? enter (+1/-1)?"""
     e_long, x_long, e_short, x_short = el[t, a], xl[t, a], es[t, a], xs[t, a]
     if e_long and x_long:  # same-direction conflict: both ignored
         e_long = False
@@ -462,23 +458,39 @@ def _signal_actions(t, i, a, p, el, xl, es, xs, atr, vol, pos, pend, fills, nfil
     if e_short and x_short:
         e_short = False
         x_short = False
-    both = e_long and e_short
     d = pos[a, P_DIR]
+    q = pend[a, Q_DIR]
     exit_now = (d > 0 and (x_long or e_short)) or (d < 0 and (x_short or e_long))
-    if exit_now:
+    # pending entries are cancelled by an exit of their direction or an opposite entry
+    cancel = (q > 0 and (x_long or e_short)) or (q < 0 and (x_short or e_long))
+    entry = 0.0
+    if (e_long != e_short) and (d == 0 or exit_now) and (q == 0 or cancel):
+        entry = 1.0 if e_long else -1.0
+        if (not np.isnan(sl_atr) or not np.isnan(trail_atr)) and np.isnan(atr[t, a]):
+            entry = 0.0  # an entry that needs ATR is not created before ATR exists
+    dec[a, 0] = 1.0 if exit_now else 0.0
+    dec[a, 1] = 1.0 if cancel else 0.0
+    dec[a, 2] = entry
+
+
+@njit(cache=True)
+def _act(t, i, a, p, dec, atr, vol, pos, pend, fills, nfill, trades, n_trades, realised, cash, equity_prev,
+         close, half_spread, slippage, sigma, adv, maker_fee, taker_fee, impact_k, part_cap,
+         entry_type, entry_offset, limit_offset, sl_frac, sl_atr, tp_frac,
+         size_mode, size_value, leverage, mmr, min_notional, bars_per_year):
+    """Carry out the decisions taken on bar t's signals at reference price p on bar i: exits, cancellations, entries."""
+    if dec[a, 0] > 0 and pos[a, P_DIR] != 0:
         cash, n_trades = _exit(pos, a, p, i, R_SIGNAL, False, cash, trades, n_trades, realised,
                                half_spread[i, a], slippage[i, a], sigma[i, a], adv[i, a], impact_k[a],
                                taker_fee[a], maker_fee[a], fills, nfill)
-    # pending entries are cancelled by an exit of their direction or an opposite entry
-    if (pend[a, Q_DIR] > 0 and (x_long or e_short)) or (pend[a, Q_DIR] < 0 and (x_short or e_long)):
+    if dec[a, 1] > 0:
         pend[a, Q_DIR] = 0.0
-    if both or pos[a, P_DIR] != 0 or pend[a, Q_DIR] != 0:
+    d_new = dec[a, 2]
+    dec[a, 0] = 0.0
+    dec[a, 1] = 0.0
+    dec[a, 2] = 0.0
+    if d_new == 0.0 or pos[a, P_DIR] != 0 or pend[a, Q_DIR] != 0:
         return cash, n_trades
-    if not (e_long or e_short):
-        return cash, n_trades
-    d_new = 1.0 if e_long else -1.0
-    if (not np.isnan(sl_atr) or not np.isnan(trail_atr)) and np.isnan(atr[t, a]):
-        return cash, n_trades  # an entry that needs ATR is not created before ATR exists
     if entry_type == MARKET:
         cash = _enter(pos, pend, a, d_new, p, False, MARKET, fills, nfill, i, t, cash, equity_prev, atr, vol,
                       half_spread, slippage, sigma, adv,
@@ -491,7 +503,6 @@ def _signal_actions(t, i, a, p, el, xl, es, xs, atr, vol, pos, pend, fills, nfil
     pend[a, Q_TRIGGERED] = 0.0
     pend[a, Q_LIVE] = 0.0
     pend[a, Q_SIGBAR] = t
-    pend[a, Q_EXPIRING] = 0.0
     if entry_type == LIMIT:
         pend[a, Q_LEVEL] = ref * (1.0 - d_new * entry_offset)
     else:

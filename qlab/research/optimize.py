@@ -74,6 +74,12 @@ class OptimizationResult:
         """The strategy with the best parameters filled in."""
         return self.strategy.with_params(**{p: v for p, v in self.best.items() if p in self.space.names})
 
+    def robustness(self, candles: Candles, **kwargs: Any):  # a RobustnessReport
+        """Regimes, parameter-neighbourhood stability, deflated Sharpe and PBO of this search on `candles`."""
+        from qlab.research.robustness_report import robustness_report
+
+        return robustness_report(self, candles, **kwargs)
+
     def figures(self) -> dict[str, Any]:
         """History, parameter importance, Pareto front and (for two parameters) a heatmap, as plotly figures."""
         from qlab.research.optimize_plots import optimisation_figures

@@ -42,6 +42,7 @@ class OptimizerRun:
     result: OptimizationResult
     walk_forward: Any
     figures: dict[str, Any]
+    robustness: Any = None
 
 
 def _check(params: dict[str, Any] | None) -> dict[str, Any]:
@@ -65,6 +66,11 @@ def run(params: dict[str, Any] | None = None) -> OptimizerRun:
     result = optimize(strategy, candles, p["space"], p["objective"], method=p["method"], n_trials=p["n_trials"],
                       seed=p["seed"], constraints=p["constraints"], data=data)
     figures = result.figures()
+    robustness = result.robustness(candles, data=data)
+    if robustness.pbo is not None:
+        from qlab.research.robustness import pbo_figure
+
+        figures["pbo"] = pbo_figure(robustness.pbo)
     wf = None
     if p["walk_forward"]:
         from qlab.research.walkforward import walk_forward
@@ -73,7 +79,7 @@ def run(params: dict[str, Any] | None = None) -> OptimizerRun:
                           out_of_sample=p["out_of_sample"], method=p["wf_method"], n_trials=p["wf_trials"], seed=p["seed"],
                           constraints=p["constraints"], data=data)
         figures["walk_forward"] = wf.figure()
-    return OptimizerRun(p, candles, result, wf, figures)
+    return OptimizerRun(p, candles, result, wf, figures, robustness)
 
 
 def widget(params: dict[str, Any] | None = None):  # an ipywidgets.VBox
