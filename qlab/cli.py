@@ -1,4 +1,4 @@
-"""The `qlab` command line: data import/list/quality/export, notebook runs and optimisation."""
+"""The `qlab` command line: data import/list/quality/export, notebook runs, optimisation and accounts."""
 
 from __future__ import annotations
 
@@ -236,6 +236,76 @@ def cmd_optimize(args: argparse.Namespace) -> int:
     return 0
 
 
+def _read_credential(name: str, label: str, var: str, required: bool = True) -> str | None:
+    """A credential from the environment, else typed at a hidden prompt; never from a command-line argument."""
+    import getpass
+    import os
+
+    from qlab.errors import ConfigError
+
+    value = os.environ.get(var)
+    if value:
+        return value
+    if sys.stdin.isatty():
+        value = getpass.getpass(f"{label} for account {name!r}{'' if required else ' (Enter for none)'}: ")
+    if required and not value:
+        raise ConfigError(f"no {label} for account {name!r}: set {var} or run the command in a terminal to be prompted")
+    return value or None
+
+
+def cmd_accounts_add(args: argparse.Namespace) -> int:
+    """Store an account; key, secret and passphrase come from QLAB_<NAME>_* variables or a hidden prompt."""
+    from qlab.accounts import add_account, check_exchange, check_mode, check_name, env_prefix, require_live_opt_in
+
+    check_name(args.name)
+    check_exchange(args.exchange)
+    require_live_opt_in(args.name, check_mode(args.mode), args.live)  # before asking for any key
+    prefix = env_prefix(args.name)
+    key = _read_credential(args.name, "API key", prefix + "API_KEY")
+    secret = _read_credential(args.name, "API secret", prefix + "SECRET")
+    password = _read_credential(args.name, "API passphrase", prefix + "PASSWORD", required=args.exchange == "kucoin")
+    account = add_account(args.name, args.exchange, args.mode, key, secret, password, allow_live=args.live,
+                          replace=args.replace, path=args.credentials)
+    print(f"added {account.mode} account {account.name!r} ({account.exchange}); check it with "
+          f"`qlab accounts check {account.name}{' --live' if account.mode == 'live' else ''}`")
+    return 0
+
+
+def cmd_accounts_list(args: argparse.Namespace) -> int:
+    """Print the accounts with 'set'/'missing' in place of their credentials."""
+    from qlab.accounts import credentials_path, list_accounts
+
+    rows = list_accounts(args.credentials)
+    if not rows:
+        print(f"no accounts in {args.credentials or credentials_path()} or the environment; "
+              "add one with `qlab accounts add NAME --exchange bybit --mode demo`")
+        return 0
+    header = ("name", "exchange", "mode", "source", "api_key", "secret", "password")
+    table = [header] + [(r.name, r.exchange or "?", r.mode or "?", r.source, r.api_key, r.secret, r.password) for r in rows]
+    widths = [max(len(str(row[i])) for row in table) for i in range(len(header))]
+    for row in table:
+        print("  ".join(str(v).ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
+    return 0
+
+
+def cmd_accounts_check(args: argparse.Namespace) -> int:
+    """Validate an account's key by fetching its balance; exit status 1 when the exchange refuses it."""
+    from qlab.accounts import check_account, load_account
+
+    result = check_account(load_account(args.name, allow_live=args.live, path=args.credentials), allow_live=args.live)
+    print(("ok: " if result.ok else f"{result.status}: ") + result.message)
+    return 0 if result.ok else 1
+
+
+def cmd_accounts_remove(args: argparse.Namespace) -> int:
+    """Delete an account from the credentials file."""
+    from qlab.accounts import credentials_path, remove_account
+
+    remove_account(args.name, args.credentials)
+    print(f"removed account {args.name!r} from {args.credentials or credentials_path()}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the `qlab` command."""
     parser = argparse.ArgumentParser(prog="qlab", description="qlab: a quantitative research lab for crypto trading")
@@ -291,6 +361,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, help="worker processes on this machine sharing the study (default 1)")
     p.add_argument("--out", help="write the trials table to this CSV file")
     p.set_defaults(func=cmd_optimize)
+
+    accounts = sub.add_parser("accounts", help="exchange accounts and credentials: add, list, check, remove")
+    accounts.add_argument("--credentials", help="credentials file (default: $QLAB_CREDENTIALS, else "
+                                                "$QLAB_HOME/credentials.toml)")
+    acc = accounts.add_subparsers(dest="accounts_command", required=True)
+    p = acc.add_parser("add", help="store an account; key and secret come from QLAB_<NAME>_API_KEY/_SECRET/_PASSWORD "
+                                   "or a hidden prompt, never from the command line")
+    p.add_argument("name")
+    p.add_argument("--exchange", required=True, help="bybit, binance or kucoin")
+    p.add_argument("--mode", required=True, help="demo, testnet or live")
+    p.add_argument("--live", action="store_true", help="opt in to a live (real money) account")
+    p.add_argument("--replace", action="store_true", help="overwrite an account of the same name")
+    p.set_defaults(func=cmd_accounts_add)
+    acc.add_parser("list", help="accounts, without their secrets").set_defaults(func=cmd_accounts_list)
+    p = acc.add_parser("check", help="validate an account's key by fetching its balance")
+    p.add_argument("name")
+    p.add_argument("--live", action="store_true", help="opt in to checking a live (real money) account")
+    p.set_defaults(func=cmd_accounts_check)
+    p = acc.add_parser("remove", help="delete an account from the credentials file")
+    p.add_argument("name")
+    p.set_defaults(func=cmd_accounts_remove)
     return parser
 
 

@@ -1,0 +1,1 @@
+"""Exchange access: ccxt clients, capabilities, error translation (the only layer that imports ccxt)."""
