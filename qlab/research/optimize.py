@@ -27,7 +27,7 @@ from qlab.errors import ConfigError, QlabError, StrategyError, did_you_mean
 from qlab.research.fastpath import MaCross, as_ma_cross, evaluate_pairs
 from qlab.research.space import Space, parse_space
 from qlab.strategy.spec import Strategy
-from qlab.strategy.templates import templates
+from qlab.strategy.templates import resolve_strategy
 
 METHODS = ("grid", "random", "bayes", "cmaes", "genetic")
 MAXIMISE = {"total_return", "cagr", "sharpe", "sortino", "calmar", "max_drawdown", "win_rate", "profit_factor",
@@ -89,18 +89,6 @@ class OptimizationResult:
 
 def _plain(value: Any) -> Any:
     return value.item() if isinstance(value, np.generic) else value
-
-
-def resolve_strategy(strategy: Strategy | str | dict) -> Strategy:
-    """A Strategy from a template name, a dict or a Strategy."""
-    if isinstance(strategy, Strategy):
-        return strategy
-    if isinstance(strategy, dict):
-        return Strategy.from_dict(strategy)
-    if isinstance(strategy, str) and strategy in templates:
-        return templates[strategy]
-    hint = did_you_mean(str(strategy), list(templates))
-    raise ConfigError(f"strategy={strategy!r}: give a Strategy, a spec dict or a template name." + hint)
 
 
 def parse_objectives(objective: str | list[str] | dict[str, str]) -> tuple[list[str], list[str]]:

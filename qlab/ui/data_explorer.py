@@ -5,13 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import pandas as pd
-
 from qlab.analytics.plots import candlestick_figure
 from qlab.data.candles import Candles
 from qlab.data.quality import QualityReport, quality_report
-from qlab.data.sample import load_sample, samples
-from qlab.errors import ConfigError, NotFoundError, did_you_mean
+from qlab.data.sample import samples
+from qlab.errors import ConfigError, NotFoundError
+from qlab.ui.params import merge_params, sample_window
 
 DEFAULTS: dict[str, Any] = {
     "symbol": "BTC/USDT:USDT",
@@ -36,11 +35,7 @@ class ExplorerResult:
 
 
 def _check_params(params: dict[str, Any] | None) -> dict[str, Any]:
-    merged = dict(DEFAULTS)
-    for key, value in (params or {}).items():
-        if key not in DEFAULTS:
-            raise ConfigError(f"unknown data-explorer parameter {key!r}; use {', '.join(DEFAULTS)}." + did_you_mean(key, DEFAULTS))
-        merged[key] = value
+    merged = merge_params(params, DEFAULTS, "data-explorer")
     if merged["source"] not in ("auto", "store", "sample"):
         raise ConfigError(f"source={merged['source']!r}; use 'auto', 'store' or 'sample'")
     return merged
@@ -75,12 +70,7 @@ def run(params: dict[str, Any] | None = None) -> ExplorerResult:
         candles = _store_candles(p)
         source = "store" if candles is not None else "sample"
     if candles is None:
-        candles = load_sample(p["symbol"], p["timeframe"], p["exchange"])
-        lo = pd.Timestamp(p["start"], tz="UTC") if p["start"] else candles.index[0]
-        hi = pd.Timestamp(p["end"], tz="UTC") if p["end"] else candles.index[-1] + pd.Timedelta(1, "ns")
-        candles = candles[(candles.index >= lo) & (candles.index < hi)]
-        if candles.empty:
-            raise NotFoundError(f"no {p['symbol']} {p['timeframe']} bars between {p['start']} and {p['end']} in the bundled sample")
+        candles = sample_window(p["symbol"], p["timeframe"], p["start"], p["end"], p["exchange"])
     report = quality_report(candles, p["timeframe"])
     title = f"{p['symbol']} {p['timeframe']} ({source}), quality score {report.score:.0f}/100"
     figure = candlestick_figure(candles, p["timeframe"], title=title, gaps=report.gaps, anomalies=report.anomalies)

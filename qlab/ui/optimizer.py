@@ -5,12 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import pandas as pd
-
 from qlab.data.candles import Candles
-from qlab.data.sample import load_sample, load_sample_funding
-from qlab.errors import ConfigError, did_you_mean
-from qlab.research.optimize import METHODS, OptimizationResult, optimize, resolve_strategy
+from qlab.data.sample import load_sample_funding
+from qlab.research.optimize import METHODS, OptimizationResult, optimize
+from qlab.strategy.templates import resolve_strategy
+from qlab.ui.params import merge_params, sample_window
 
 DEFAULTS: dict[str, Any] = {
     "strategy": "sma_cross",  # a template name, a spec path, or a spec dict
@@ -46,22 +45,14 @@ class OptimizerRun:
 
 
 def _check(params: dict[str, Any] | None) -> dict[str, Any]:
-    merged = dict(DEFAULTS)
-    for key, value in (params or {}).items():
-        if key not in DEFAULTS:
-            raise ConfigError(f"unknown optimiser parameter {key!r}; use {', '.join(DEFAULTS)}." + did_you_mean(key, DEFAULTS))
-        merged[key] = value
-    return merged
+    return merge_params(params, DEFAULTS, "optimiser")
 
 
 def run(params: dict[str, Any] | None = None) -> OptimizerRun:
     """Optimise a strategy on bundled candles, then walk it forward; figures for the notebook."""
     p = _check(params)
     strategy = resolve_strategy(p["strategy"])
-    candles = load_sample(p["symbol"], p["timeframe"])
-    lo = pd.Timestamp(p["start"], tz="UTC") if p["start"] else candles.index[0]
-    hi = pd.Timestamp(p["end"], tz="UTC") if p["end"] else candles.index[-1] + pd.Timedelta(1, "ns")
-    candles = candles[(candles.index >= lo) & (candles.index < hi)]
+    candles = sample_window(p["symbol"], p["timeframe"], p["start"], p["end"])
     data = {"funding_rate": load_sample_funding(p["symbol"])} if "funding_rate" in strategy.data else None
     result = optimize(strategy, candles, p["space"], p["objective"], method=p["method"], n_trials=p["n_trials"],
                       seed=p["seed"], constraints=p["constraints"], data=data)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -12,11 +11,11 @@ import pandas as pd
 from qlab.analytics.plots import cost_breakdown_figure, equity_figure, strategy_figure
 from qlab.analytics.result import Result, backtest
 from qlab.data.candles import Candles
-from qlab.data.sample import load_sample, load_sample_funding
-from qlab.errors import ConfigError, did_you_mean
+from qlab.data.sample import load_sample_funding
 from qlab.strategy.compile import compile_strategy
 from qlab.strategy.spec import Strategy
-from qlab.strategy.templates import templates
+from qlab.strategy.templates import resolve_strategy, templates
+from qlab.ui.params import merge_params, sample_window
 
 DEFAULTS: dict[str, Any] = {
     "spec": "macd_trend",  # a template name, a path to a .json/.yaml spec, or a spec dict
@@ -45,37 +44,18 @@ class BuilderResult:
         return self.strategy.to_json()
 
 
-def load_strategy(spec: Any) -> Strategy:
-    """A Strategy from a template name, a spec file path, a dict or a Strategy."""
-    if isinstance(spec, Strategy):
-        return spec
-    if isinstance(spec, dict):
-        return Strategy.from_dict(spec)
-    if isinstance(spec, str) and spec in templates:
-        return templates[spec]
-    if isinstance(spec, str) and Path(spec).suffix in (".json", ".yaml", ".yml"):
-        return Strategy.load(spec)
-    raise ConfigError(f"spec={spec!r} is neither a template ({', '.join(templates)}) nor a .json/.yaml path."
-                      + did_you_mean(str(spec), list(templates)))
+load_strategy = resolve_strategy  # kept for notebooks that call strategy_builder.load_strategy
 
 
 def _check(params: dict[str, Any] | None) -> dict[str, Any]:
-    merged = dict(DEFAULTS)
-    for key, value in (params or {}).items():
-        if key not in DEFAULTS:
-            raise ConfigError(f"unknown strategy-builder parameter {key!r}; use {', '.join(DEFAULTS)}." + did_you_mean(key, DEFAULTS))
-        merged[key] = value
-    return merged
+    return merge_params(params, DEFAULTS, "strategy-builder")
 
 
 def run(params: dict[str, Any] | None = None) -> BuilderResult:
     """Compile and backtest a strategy on bundled candles; the charts, metrics and cost breakdown for the notebook."""
     p = _check(params)
     strategy = load_strategy(p["spec"])
-    candles = load_sample(p["symbol"], p["timeframe"])
-    lo = pd.Timestamp(p["start"], tz="UTC") if p["start"] else candles.index[0]
-    hi = pd.Timestamp(p["end"], tz="UTC") if p["end"] else candles.index[-1] + pd.Timedelta(1, "ns")
-    candles = candles[(candles.index >= lo) & (candles.index < hi)]
+    candles = sample_window(p["symbol"], p["timeframe"], p["start"], p["end"])
     data = {"funding_rate": load_sample_funding(p["symbol"])} if "funding_rate" in strategy.data else None
     compiled = compile_strategy(strategy, candles, data)
     result = backtest({p["symbol"]: candles}, strategy, cash=float(p["cash"]), data=data)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from qlab.errors import ConfigError, did_you_mean
 from qlab.strategy.spec import Strategy
 
 FOLDER = Path(__file__).resolve().parent
@@ -46,3 +47,17 @@ templates = _Templates()
 def template_table() -> pd.DataFrame:
     """Name and one-line description of every template."""
     return pd.DataFrame([{"name": n, "description": templates[n].description} for n in templates])
+
+
+def resolve_strategy(spec: Strategy | str | dict) -> Strategy:
+    """A Strategy from a Strategy, a spec dict, a template name or a .json/.yaml spec path."""
+    if isinstance(spec, Strategy):
+        return spec
+    if isinstance(spec, dict):
+        return Strategy.from_dict(spec)
+    if isinstance(spec, str) and spec in templates:
+        return templates[spec]
+    if isinstance(spec, str | Path) and Path(spec).suffix in (".json", ".yaml", ".yml"):
+        return Strategy.load(spec)
+    raise ConfigError(f"strategy {spec!r} is neither a template ({', '.join(templates)}) nor a .json/.yaml spec path."
+                      + did_you_mean(str(spec), list(templates)))
