@@ -306,6 +306,20 @@ def cmd_accounts_remove(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sync(args: argparse.Namespace) -> int:
+    """Download closed candles from an exchange's public API into the store, incrementally and gap-filling."""
+    from qlab.data.sync import sync
+
+    symbols = [s.strip() for s in args.symbols.split(",") if s.strip()]
+    with _store(args) as store:
+        written = sync(args.exchange, symbols, args.timeframe, args.since, args.until, store=store,
+                       concurrency=args.concurrency, progress=not args.quiet)
+    for symbol, n in written.items():
+        print(f"{args.exchange} {symbol} {args.timeframe}: {n} new rows")
+    print(f"synced {sum(written.values())} rows into {store.path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the `qlab` command."""
     parser = argparse.ArgumentParser(prog="qlab", description="qlab: a quantitative research lab for crypto trading")
@@ -346,6 +360,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--to", required=True)
     p.add_argument("--keep-partial", action="store_true", help="keep buckets that miss some lower-timeframe bars")
     p.set_defaults(func=cmd_resample)
+
+    p = data.add_parser("sync", help="download closed candles from an exchange (public API, no key) into the store")
+    p.add_argument("--exchange", required=True, help="bybit, binance or kucoin")
+    p.add_argument("--symbols", required=True, help="comma-separated ccxt symbols, e.g. BTC/USDT,ETH/USDT:USDT")
+    p.add_argument("--timeframe", required=True, help="1m 5m 15m 1h 4h 1d ...")
+    p.add_argument("--since", required=True, help="first bar, e.g. 2024-01-01")
+    p.add_argument("--until", help="end (exclusive), default now; bars still forming are never stored")
+    p.add_argument("--concurrency", type=int, default=4, help="symbols downloaded at once (default 4)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_sync)
 
     p = sub.add_parser("run", help="run a notebook headless and export an HTML report")
     p.add_argument("notebook")

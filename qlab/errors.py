@@ -47,3 +47,27 @@ def did_you_mean(name: str, choices: Iterable[str]) -> str:
     if not close:
         return ""
     return " did you mean " + " or ".join(repr(c) for c in close) + "?"
+
+
+class ExchangeError(QlabError, RuntimeError):
+    """An exchange refused or failed a request (the message names the exchange, never a credential)."""
+
+
+class AuthError(ExchangeError):
+    """The exchange rejected the API key or its permissions; retrying cannot fix it."""
+
+
+class RateLimitError(ExchangeError):
+    """The exchange kept rate-limiting requests after every retry."""
+
+
+class NetworkError(ExchangeError):
+    """The exchange could not be reached (timeouts, dropped connections) after every retry."""
+
+
+class ExchangeDownError(NetworkError):
+    """The exchange answered 5xx / maintenance, or kept sending unusable responses, after every retry."""
+
+
+class BadSymbolError(ExchangeError):
+    """The exchange does not list the symbol asked for."""
