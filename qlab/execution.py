@@ -102,19 +102,19 @@ ORDER_FIELDS = tuple(f.name for f in fields(OrderSpec))
 SIZE_FIELDS = tuple(f.name for f in fields(SizeSpec))
 
 
+def _from_dict(cls: type, fields_: tuple[str, ...], what: str, values: dict[str, Any]) -> Any:
+    unknown = [k for k in values if k not in fields_]
+    if unknown:
+        hint = did_you_mean(str(unknown[0]), fields_)
+        raise ConfigError(f"unknown {what} field {unknown[0]!r}; use {', '.join(fields_)}." + hint)
+    return cls(**values)
+
+
 def make_order_spec(values: dict[str, Any]) -> OrderSpec:
     """An OrderSpec from a dict; unknown fields get "did you mean"."""
-    unknown = [k for k in values if k not in ORDER_FIELDS]
-    if unknown:
-        hint = did_you_mean(str(unknown[0]), ORDER_FIELDS)
-        raise ConfigError(f"unknown order field {unknown[0]!r}; use {', '.join(ORDER_FIELDS)}." + hint)
-    return OrderSpec(**values)
+    return _from_dict(OrderSpec, ORDER_FIELDS, "order", values)
 
 
 def make_size_spec(values: dict[str, Any]) -> SizeSpec:
     """A SizeSpec from a dict; unknown fields get "did you mean"."""
-    unknown = [k for k in values if k not in SIZE_FIELDS]
-    if unknown:
-        hint = did_you_mean(str(unknown[0]), SIZE_FIELDS)
-        raise ConfigError(f"unknown size field {unknown[0]!r}; use {', '.join(SIZE_FIELDS)}." + hint)
-    return SizeSpec(**values)
+    return _from_dict(SizeSpec, SIZE_FIELDS, "size", values)

@@ -6,10 +6,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from qlab.data.candles import Candles
-from qlab.data.sample import load_sample_funding
 from qlab.research.optimize import METHODS, OptimizationResult, optimize
 from qlab.strategy.templates import resolve_strategy
-from qlab.ui.params import merge_params, sample_window
+from qlab.ui.params import merge_params, sample_data, sample_window
 
 DEFAULTS: dict[str, Any] = {
     "strategy": "sma_cross",  # a template name, a spec path, or a spec dict
@@ -53,7 +52,7 @@ def run(params: dict[str, Any] | None = None) -> OptimizerRun:
     p = _check(params)
     strategy = resolve_strategy(p["strategy"])
     candles = sample_window(p["symbol"], p["timeframe"], p["start"], p["end"])
-    data = {"funding_rate": load_sample_funding(p["symbol"])} if "funding_rate" in strategy.data else None
+    data = sample_data(strategy.data, p["symbol"])
     result = optimize(strategy, candles, p["space"], p["objective"], method=p["method"], n_trials=p["n_trials"],
                       seed=p["seed"], constraints=p["constraints"], data=data)
     figures = result.figures()

@@ -7,7 +7,7 @@ from typing import Any
 import pandas as pd
 
 from qlab.data.candles import Candles
-from qlab.data.sample import load_sample
+from qlab.data.sample import load_sample, load_sample_funding
 from qlab.errors import ConfigError, NotFoundError, did_you_mean
 
 
@@ -34,3 +34,11 @@ def date_window(candles: Candles, start: Any, end: Any) -> Candles:
 def sample_window(symbol: str, timeframe: str, start: Any, end: Any, exchange: str | None = None) -> Candles:
     """A bundled sample series cut to [start, end)."""
     return date_window(load_sample(symbol, timeframe, exchange), start, end)
+
+
+def sample_data(required: tuple[str, ...], symbol: str) -> dict[str, pd.Series] | None:
+    """The extra series a strategy declares (`data: [funding_rate]`), from the bundled sample."""
+    unknown = [d for d in required if d != "funding_rate"]
+    if unknown:
+        raise ConfigError(f"the bundled sample has no {unknown[0]!r} series; it has funding_rate for perpetuals")
+    return {"funding_rate": load_sample_funding(symbol)} if required else None

@@ -11,11 +11,10 @@ import pandas as pd
 from qlab.analytics.plots import cost_breakdown_figure, equity_figure, strategy_figure
 from qlab.analytics.result import Result, backtest
 from qlab.data.candles import Candles
-from qlab.data.sample import load_sample_funding
 from qlab.strategy.compile import compile_strategy
 from qlab.strategy.spec import Strategy
 from qlab.strategy.templates import resolve_strategy, templates
-from qlab.ui.params import merge_params, sample_window
+from qlab.ui.params import merge_params, sample_data, sample_window
 
 DEFAULTS: dict[str, Any] = {
     "spec": "macd_trend",  # a template name, a path to a .json/.yaml spec, or a spec dict
@@ -56,7 +55,7 @@ def run(params: dict[str, Any] | None = None) -> BuilderResult:
     p = _check(params)
     strategy = load_strategy(p["spec"])
     candles = sample_window(p["symbol"], p["timeframe"], p["start"], p["end"])
-    data = {"funding_rate": load_sample_funding(p["symbol"])} if "funding_rate" in strategy.data else None
+    data = sample_data(strategy.data, p["symbol"])
     compiled = compile_strategy(strategy, candles, data)
     result = backtest({p["symbol"]: candles}, strategy, cash=float(p["cash"]), data=data)
     title = f"{strategy.name} on {p['symbol']} {p['timeframe']}"

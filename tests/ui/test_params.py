@@ -31,3 +31,14 @@ def test_resolve_strategy_accepts_names_dicts_and_files(tmp_path):
     assert resolve_strategy(str(spec.save(tmp_path / "s.yaml"))) == spec
     with pytest.raises(ConfigError, match="did you mean 'sma_cross'"):
         resolve_strategy("sma_crosss")
+
+
+def test_sample_data_serves_funding_and_names_what_it_lacks():
+    from qlab.ui.params import sample_data
+
+    assert sample_data((), "BTC/USDT") is None
+    assert len(sample_data(("funding_rate",), "XRP/USDT:USDT")["funding_rate"]) == 91
+    with pytest.raises(ConfigError, match="'open_interest'"):
+        sample_data(("open_interest",), "XRP/USDT:USDT")
+    run = strategy_builder.run({"spec": "funding_carry", "symbol": "XRP/USDT:USDT", "timeframe": "8h", "start": None})
+    assert (~run.result.trades.is_open).sum() >= 1
