@@ -14,8 +14,8 @@ import pytest
 import qlab
 
 REPO = Path(__file__).resolve().parents[1]
-LAYERS = ["errors", "config", "exchange", "data", "costs", "execution", "strategy", "engine", "analytics", "research",
-          "paper", "accounts", "alerts", "ui", "cli"]
+LAYERS = ["errors", "config", "exchange", "accounts", "data", "costs", "execution", "strategy", "engine", "analytics",
+          "research", "paper", "alerts", "ui", "cli"]
 
 
 def test_import_is_light_and_fast():
@@ -43,7 +43,8 @@ def test_environment_yml_declares_every_pyproject_dependency():
     wanted = _names(project["dependencies"] + project["optional-dependencies"]["dev"])
     env = (REPO / "environment.yml").read_text()
     listed = {m.group(1).lower(): m.group(2) for m in re.finditer(r"^\s*-\s+([A-Za-z0-9_.\-]+)\s*([<>=~!].*)?$", env, re.M)}
-    listed = {("duckdb" if k == "python-duckdb" else k): v for k, v in listed.items()}
+    conda_names = {"python-duckdb": "duckdb", "arch-py": "arch"}  # conda-forge names that differ from PyPI
+    listed = {conda_names.get(k, k): v for k, v in listed.items()}
     for name, requirement in wanted.items():
         assert name in listed, f"{name} is in pyproject.toml but not in environment.yml"
         spec = re.sub(r"^\[[^\]]*\]", "", requirement[len(name):].strip())  # extras such as psycopg[binary]

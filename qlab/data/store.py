@@ -21,7 +21,7 @@ from qlab.config import store_path
 from qlab.data.candles import Candles, resample_candles, timeframe_delta, validate_candles
 from qlab.errors import ConfigError, DataError, NotFoundError, SchemaVersionError, StoreError, did_you_mean
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # v2 adds api_usage and journal (older stores are migrated on open)
 
 _SCHEMA = [
     "CREATE TABLE IF NOT EXISTS meta (key VARCHAR PRIMARY KEY, value VARCHAR NOT NULL)",
@@ -36,7 +36,14 @@ _SCHEMA = [
         exchange VARCHAR NOT NULL, symbol VARCHAR NOT NULL, tier VARCHAR NOT NULL,
         maker DOUBLE NOT NULL, taker DOUBLE NOT NULL, valid_from TIMESTAMP NOT NULL,
         PRIMARY KEY (exchange, symbol, tier, valid_from))""",
+    """CREATE TABLE IF NOT EXISTS api_usage (
+        key_id VARCHAR NOT NULL, exchange VARCHAR NOT NULL, endpoint VARCHAR NOT NULL, weight DOUBLE NOT NULL,
+        ts TIMESTAMP NOT NULL, status VARCHAR NOT NULL, cost DOUBLE NOT NULL DEFAULT 0)""",
+    """CREATE TABLE IF NOT EXISTS journal (
+        stream VARCHAR NOT NULL, seq BIGINT NOT NULL, ts TIMESTAMP NOT NULL, kind VARCHAR NOT NULL,
+        payload VARCHAR NOT NULL, PRIMARY KEY (stream, seq))""",
 ]
+USAGE_COLUMNS = ("key_id", "exchange", "endpoint", "weight", "ts", "status", "cost")
 
 DEFAULT_SYMBOL = "*"  # fee schedule row that applies to every symbol of an exchange
 
@@ -312,6 +319,64 @@ class Store:
             [exchange, tier, symbol, DEFAULT_SYMBOL, when, symbol],
         )
         return (float(rows[0][0]), float(rows[0][1])) if rows else None
+
+    # -- API usage ledger ----------------------------------------------------------------------
+    def append_usage(self, rows: pd.DataFrame | list[dict[str, Any]]) -> int:
+        """Append API-call records (key_id, exchange, endpoint, weight, ts, status[, cost]) to the usage ledger."""
+        frame = pd.DataFrame(rows).copy()
+        if "cost" not in frame:
+            frame["cost"] = 0.0
+        missing = [c for c in USAGE_COLUMNS if c not in frame]
+        if missing:
+            raise DataError(f"usage rows lack {', '.join(missing)}; give {', '.join(USAGE_COLUMNS)}")
+        if frame.empty:
+            return 0
+        ts = pd.to_datetime(frame["ts"], utc=True)
+        frame["ts"] = ts.dt.tz_localize(None)
+        frame = frame[list(USAGE_COLUMNS)].astype({"weight": "float64", "cost": "float64"})
+        with self.transaction():
+            self._con.register("_usage", frame)
+            try:
+                self._rows(f"INSERT INTO api_usage SELECT {', '.join(USAGE_COLUMNS)} FROM _usage")
+            finally:
+                self._con.unregister("_usage")
+        return len(frame)
+
+    def usage(self, key_id: str | None = None, since: Any = None, until: Any = None) -> pd.DataFrame:
+        """Usage-ledger rows (optionally one key's, in [since, until)), oldest first, ts in UTC."""
+        lo, hi = _naive_utc(since, "since"), _naive_utc(until, "until")
+        frame = self._con.execute(
+            f"""SELECT {', '.join(USAGE_COLUMNS)} FROM api_usage WHERE (? IS NULL OR key_id = ?)
+               AND (? IS NULL OR ts >= ?) AND (? IS NULL OR ts < ?) ORDER BY ts""",
+            [key_id, key_id, lo, lo, hi, hi],
+        ).df()
+        frame["ts"] = pd.to_datetime(frame["ts"]).dt.tz_localize("UTC")
+        return frame
+
+    # -- journal (append-only event log) -------------------------------------------------------
+    def append_journal(self, stream: str, kind: str, payload: str, ts: Any = None) -> int:
+        """Append one event (payload: a JSON string) to a named stream and commit it; returns its sequence number.
+
+        Durable when this returns: the paper trader writes an event here before it acts on it."""
+        if not stream or not kind:
+            raise ConfigError(f"journal stream {stream!r} and kind {kind!r} must be non-empty names")
+        when = _naive_utc(ts if ts is not None else pd.Timestamp.now("UTC"), "ts")
+        with self.transaction():
+            seq = int(self._rows("SELECT coalesce(max(seq), 0) + 1 FROM journal WHERE stream = ?", [stream])[0][0])
+            self._rows("INSERT INTO journal VALUES (?, ?, ?, ?, ?)", [stream, seq, when, kind, payload])
+        return seq  # DuckDB's commit writes the WAL, so the event survives a kill -9 from here on
+
+    def journal(self, stream: str, after: int = 0) -> pd.DataFrame:
+        """Events of a stream with seq > after, in order: columns seq, ts (UTC), kind, payload (JSON string)."""
+        frame = self._con.execute(
+            "SELECT seq, ts, kind, payload FROM journal WHERE stream = ? AND seq > ? ORDER BY seq", [stream, int(after)]
+        ).df()
+        frame["ts"] = pd.to_datetime(frame["ts"]).dt.tz_localize("UTC")
+        return frame
+
+    def journal_streams(self) -> list[str]:
+        """Names of the journal streams in the store."""
+        return [r[0] for r in self._rows("SELECT DISTINCT stream FROM journal ORDER BY 1")]
 
     # -- export --------------------------------------------------------------------------------
     def export_parquet(self, directory: str | Path) -> list[Path]:

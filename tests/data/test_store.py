@@ -100,7 +100,7 @@ def test_newer_schema_version_fails_clearly(tmp_path):
     with Store(path) as s:
         assert s.schema_version == SCHEMA_VERSION
         s._con.execute("UPDATE meta SET value = '99' WHERE key = 'schema_version'")
-    with pytest.raises(SchemaVersionError, match="schema version 99, newer than 1"):
+    with pytest.raises(SchemaVersionError, match="schema version 99, newer than 2"):
         Store(path)
 
 
@@ -160,3 +160,31 @@ def test_export_parquet_is_hive_partitioned_and_readable(store, btc5m, tmp_path)
     assert symbols == {"BTC/USDT:USDT"}
     binance = table[table["exchange"].astype(str) == "binance"].sort_values("ts")
     np.testing.assert_array_equal(binance["close"].to_numpy(), btc5m.close.to_numpy())
+
+
+def test_v1_store_is_migrated_to_v2_and_keeps_its_data(tmp_path):
+    path = tmp_path / "old.duckdb"
+    with Store(path) as s:
+        s.write_fee("bybit", 0.0002, 0.00055)
+        s._con.execute("DROP TABLE api_usage")
+        s._con.execute("DROP TABLE journal")
+        s._con.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
+    with Store(path) as s:
+        assert s.schema_version == 2
+        assert s.fee("bybit", "BTC/USDT") == (0.0002, 0.00055)
+        assert s.append_journal("run1", "signal", '{"x": 1}') == 1
+        assert s.append_journal("run1", "order", '{"x": 2}') == 2
+        assert list(s.journal("run1", after=1)["kind"]) == ["order"]
+        s.append_usage([{"key_id": "k", "exchange": "bybit", "endpoint": "GET /v5/market/kline", "weight": 1,
+                         "ts": "2024-01-01T00:00Z", "status": "ok"}])
+        assert s.usage("k")["weight"].sum() == 1
+        assert s.usage("other").empty
+
+
+def test_journal_rolls_back_with_the_outer_transaction(tmp_path):
+    with Store(tmp_path / "j.duckdb") as s:
+        with pytest.raises(RuntimeError), s.transaction():
+            s.append_journal("r", "fill", "{}")
+            raise RuntimeError("crash")
+        assert s.journal("r").empty
+        assert s.journal_streams() == []
