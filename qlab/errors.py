@@ -61,6 +61,10 @@ class RateLimitError(ExchangeError):
     """The exchange kept rate-limiting requests after every retry."""
 
 
+class BudgetExceededError(RateLimitError):
+    """An API key's call or money budget for the day or month is spent; the call was refused before it was made."""
+
+
 class NetworkError(ExchangeError):
     """The exchange could not be reached (timeouts, dropped connections) after every retry."""
 
@@ -71,3 +75,23 @@ class ExchangeDownError(NetworkError):
 
 class BadSymbolError(ExchangeError):
     """The exchange does not list the symbol asked for."""
+
+
+class PermissionDeniedError(AuthError):
+    """The API key is valid but lacks the permission the call needs (trade, wallet, IP whitelist)."""
+
+
+class InsufficientFundsError(ExchangeError):
+    """The account's free balance or margin is too small for the order."""
+
+
+class OrderRejectedError(ExchangeError):
+    """The exchange refused an order as invalid: amount below the minimum, bad price, reduce-only violated."""
+
+
+class OrderNotFoundError(ExchangeError):
+    """The exchange knows no order with that id for that symbol (filled long ago, or never placed)."""
+
+
+class NotSupportedError(ExchangeError):
+    """The exchange (or this market kind on it) does not offer the call asked for."""

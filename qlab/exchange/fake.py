@@ -10,8 +10,26 @@ request, and injects faults on demand (429, 5xx, slow responses, malformed JSON,
         fake.point(ex)                      # every urls['api'] host -> fake.url, path kept
         rows = await ex.fetch_ohlcv("BTC/USDT:USDT", "1h", since, 200)
 
-Bybit v5: /v5/market/{time,instruments-info,kline,tickers,orderbook,recent-trade}.
+Bybit v5: /v5/market/{time,instruments-info,kline,tickers,orderbook,recent-trade}, and /v5/market/funding/history
+plus Binance /fapi/v1/fundingRate serving the rates handed to ``add_funding`` (each with its real pagination).
 Binance: /api/v3/{time,exchangeInfo,klines}, /fapi/v1/{time,exchangeInfo,klines}, /dapi/v1/exchangeInfo.
+
+Endpoints served (GET unless POST), by exchange -> where the answers come from:
+
+| exchange        | endpoints                                                        | served from                  |
+| --------------- | ---------------------------------------------------------------- | ---------------------------- |
+| Bybit public    | /v5/market/{time,instruments-info,kline,tickers,orderbook,       | fixtures, add_candles,       |
+|                 |   recent-trade,funding/history}                                  | add_funding                  |
+| Bybit private   | /v5/user/query-api, /v5/account/{info,wallet-balance,fee-rate},  | add_account, set_price, the  |
+| (HMAC-signed)   | /v5/asset/coin/query-info, POST /v5/order/{create,cancel},       | matching engine              |
+|                 | /v5/order/{realtime,history}, /v5/execution/list,                | (fake_private.py)            |
+|                 | /v5/position/list                                                |                              |
+| Binance         | /api/v3/{time,exchangeInfo,klines}, /dapi/v1/exchangeInfo,       | fixtures, add_candles,       |
+|                 | /fapi/v1/{time,exchangeInfo,klines,fundingRate}                  | add_funding                  |
+| KuCoin public   | /api/v1/timestamp, /api/v3/currencies, /api/v2/symbols,          | fixtures, add_candles        |
+|                 | /api/v1/contracts/active, /api/v1/market/{allTickers,candles,    | (fake_kucoin.py)             |
+|                 |   stats,histories,orderbook/level2_20,orderbook/level2_100}      |                              |
+
 Bybit v5 public WebSocket: /v5/public/{linear,spot} with topics kline.<interval>.<id>, publicTrade.<id> and
 orderbook.<depth>.<id>, replaying the served candles one bar per ``ws_interval`` seconds (a trade at each
 close, a one-level book around it); ``inject(path, "ws_drop", drop_after=N)`` closes a connection after N pushes.
@@ -34,6 +52,8 @@ import pandas as pd
 from aiohttp import web
 
 from qlab.errors import ConfigError, NotFoundError, did_you_mean
+from qlab.exchange.fake_kucoin import KucoinPublicMixin
+from qlab.exchange.fake_private import BybitPrivateMixin
 
 DEFAULT_FIXTURES = Path(__file__).resolve().parents[2] / "tests" / "fixtures" / "ccxt"
 
@@ -83,10 +103,14 @@ def _envelope(result: Any, ret_code: int = 0, msg: str = "OK") -> dict[str, Any]
     return {"retCode": ret_code, "retMsg": msg, "result": result, "retExtInfo": {}, "time": int(time.time() * 1000)}
 
 
-class FakeExchange:
-    """Loopback Bybit v5 REST server for ccxt tests; start with ``async with`` or ``await start()``."""
+class FakeExchange(BybitPrivateMixin, KucoinPublicMixin):
+    """Loopback Bybit v5 / Binance / KuCoin REST server for ccxt tests; start with ``async with`` or ``await start()``.
 
-    def __init__(self, fixtures: str | Path | None = None, *, host: str = "127.0.0.1", ws_interval: float = 0.01) -> None:
+    ``api_key`` / ``api_secret`` register one account (10000 USDT); ``add_account`` adds more. ``half_spread`` is the
+    fraction market orders pay over (buys) or under (sells) the current price."""
+
+    def __init__(self, fixtures: str | Path | None = None, *, host: str = "127.0.0.1", ws_interval: float = 0.01,
+                 api_key: str | None = None, api_secret: str | None = None, half_spread: float = 0.0) -> None:
         self.ws_interval = ws_interval
         # (ws path, topic) -> pushes sent so far: a reconnected stream resumes at the next bar, like a live one
         self.ws_cursor: Counter[tuple[str, str]] = Counter()
@@ -109,10 +133,13 @@ class FakeExchange:
             if "info" in m:
                 self._binance_by_id.setdefault((self._category(m), m["id"]), symbol)
         self._candles: dict[tuple[str, str], tuple[np.ndarray, np.ndarray]] = {}  # (unified symbol, timeframe)
+        self._funding: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # unified symbol -> (ms funding times, rates)
         self.faults: list[Fault] = []
         self.requests: list[RequestRecord] = []
         self._runner: web.AppRunner | None = None
         self.port: int | None = None
+        self._init_private(api_key, api_secret, half_spread)
+        self._init_kucoin()
 
     # ------------------------------------------------------------------ lifecycle
     @property
@@ -137,6 +164,10 @@ class FakeExchange:
         app.router.add_get("/v5/public/spot", self._ws)
         app.router.add_get("/api/v3/klines", self._binance_klines)
         app.router.add_get("/fapi/v1/klines", self._binance_klines)
+        app.router.add_get("/v5/market/funding/history", self._funding_history)
+        app.router.add_get("/fapi/v1/fundingRate", self._binance_funding)
+        self._add_private_routes(app)
+        self._add_kucoin_routes(app)
         self._runner = web.AppRunner(app, shutdown_timeout=0.5)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, 0)
@@ -198,6 +229,20 @@ class FakeExchange:
         order = np.argsort(ts, kind="stable")
         values = candles[["open", "high", "low", "close", "volume"]].to_numpy(dtype=float)[order]
         self._candles[(symbol, timeframe)] = (ts[order], values)
+
+    def add_funding(self, symbol: str, rates: pd.Series) -> None:
+        """Serve ``rates`` (a float Series on a UTC DatetimeIndex of funding times) as ``symbol``'s funding history."""
+        market = self.markets.get(symbol) or self.binance_markets.get(symbol)
+        if market is None:
+            known = set(self.markets) | set(self.binance_markets)
+            raise NotFoundError(f"symbol {symbol!r} is not in the fake's markets.{did_you_mean(symbol, known)}")
+        if not market.get("swap"):
+            raise ConfigError(f"{symbol} is not a perpetual; funding exists for swaps such as 'XRP/USDT:USDT'")
+        if not isinstance(rates.index, pd.DatetimeIndex) or rates.index.tz is None or rates.index.has_duplicates:
+            raise ConfigError(f"funding rates for {symbol} need a unique UTC DatetimeIndex of funding times")
+        ts = rates.index.tz_convert("UTC").as_unit("ms").asi8.astype(np.int64)
+        order = np.argsort(ts, kind="stable")
+        self._funding[symbol] = (ts[order], rates.to_numpy(dtype=float)[order])
 
     def _window(self, symbol: str | None, timeframe: str | None, start: int | None, end: int | None, limit: int):
         """The served bars in [start, end]: forward ``limit`` bars from start, else the newest ``limit`` up to end.
@@ -381,6 +426,56 @@ class FakeExchange:
         result = resp["result"]
         result["list"] = result["list"][: int(q.get("limit", 60))]
         return web.json_response(_envelope(result))
+
+    async def _funding_history(self, request: web.Request) -> web.Response:
+        """Bybit v5 /v5/market/funding/history: the newest ``limit`` (max 200) rates in [startTime, endTime], newest first.
+
+        As Bybit documents it: startTime alone is an error, endTime alone (or neither) gives the ``limit`` rates up to
+        endTime (or now)."""
+        q = request.query
+        category, symbol = q.get("category", ""), q.get("symbol", "")
+        if category not in ("linear", "inverse"):
+            return self._bad_params("params error: category only support linear or inverse")
+        unified = self._by_id.get((category, symbol))
+        if unified is None:
+            return self._bad_params("params error: Symbol Is Invalid")
+        if "startTime" in q and "endTime" not in q:
+            return self._bad_params("params error: endTime is required when startTime is passed")
+        try:
+            limit = int(q.get("limit", 200))
+            start = int(q.get("startTime", 0))
+            end = int(q["endTime"]) if "endTime" in q else int(time.time() * 1000)
+        except ValueError:
+            return self._bad_params("params error: startTime, endTime and limit must be integers")
+        if not 1 <= limit <= 200:
+            return self._bad_params("params error: limit must be in [1, 200]")
+        ts, rates = self._funding.get(unified, (np.empty(0, np.int64), np.empty(0)))
+        lo, hi = int(np.searchsorted(ts, start, side="left")), int(np.searchsorted(ts, end, side="right"))
+        lo = max(lo, hi - limit)
+        rows = [{"symbol": symbol, "fundingRate": np.format_float_positional(r, trim="-"), "fundingRateTimestamp": str(int(t))}
+                for t, r in zip(ts[lo:hi][::-1], rates[lo:hi][::-1], strict=True)]
+        return web.json_response(_envelope({"category": category, "list": rows}))
+
+    async def _binance_funding(self, request: web.Request) -> web.Response:
+        """Binance /fapi/v1/fundingRate: the oldest ``limit`` (default 100, max 1000) rates from startTime, oldest first."""
+        q = request.query
+        symbol = self._binance_by_id.get(("linear", q.get("symbol", "")))
+        if symbol is None:
+            return self._binance_error(-1121, "Invalid symbol.")
+        try:
+            limit = min(max(int(q.get("limit", 100)), 1), 1000)
+            start = int(q["startTime"]) if "startTime" in q else None
+            end = int(q["endTime"]) if "endTime" in q else None
+        except ValueError:
+            return self._binance_error(-1100, "Illegal characters found in a parameter.")
+        ts, rates = self._funding.get(symbol, (np.empty(0, np.int64), np.empty(0)))
+        lo = 0 if start is None else int(np.searchsorted(ts, start, side="left"))
+        hi = len(ts) if end is None else int(np.searchsorted(ts, end, side="right"))
+        lo, hi = (lo, min(hi, lo + limit)) if start is not None else (max(lo, hi - limit), hi)
+        market_id = self.binance_markets[symbol]["id"]
+        rows = [{"symbol": market_id, "fundingTime": int(t), "fundingRate": np.format_float_positional(r, trim="-"),
+                 "markPrice": ""} for t, r in zip(ts[lo:hi], rates[lo:hi], strict=True)]
+        return web.json_response(rows)
 
     # ------------------------------------------------------------------ Binance
     def _binance_error(self, code: int, msg: str, status: int = 400) -> web.Response:

@@ -5,8 +5,10 @@
 Retried: ccxt RequestTimeout, ExchangeNotAvailable (5xx, maintenance, dropped connections), DDoSProtection,
 RateLimitExceeded (waiting at least the Retry-After the exchange sent), any other ccxt NetworkError, and
 `InvalidResponse` (a body that is not the JSON the call expected, which ccxt would turn into an empty list).
-Never retried: AuthenticationError / PermissionDenied (-> AuthError), BadSymbol (-> BadSymbolError), BadRequest,
-InsufficientFunds, InvalidOrder and every other ccxt error (-> ExchangeError). Messages are scrubbed of the
+Never retried: AuthenticationError (-> AuthError), PermissionDenied (-> PermissionDeniedError, an AuthError),
+BadSymbol (-> BadSymbolError), InsufficientFunds (-> InsufficientFundsError), OrderNotFound (-> OrderNotFoundError),
+InvalidOrder (-> OrderRejectedError), NotSupported (-> NotSupportedError) and every other ccxt error, BadRequest
+included (-> ExchangeError). Messages are scrubbed of the
 client's apiKey, secret and password and of signed query parameters.
 """
 
@@ -76,7 +78,21 @@ def translate(exc: BaseException, client: Any = None, what: str = "request") -> 
     """The qlab error for a ccxt exception, with a scrubbed message."""
     name = getattr(client, "id", None) or "exchange"
     detail = scrub(f"{type(exc).__name__}: {exc}", client)[:500]
-    if isinstance(exc, ccxt.AuthenticationError | ccxt.PermissionDenied | ccxt.AccountNotEnabled):
+    if isinstance(exc, ccxt.PermissionDenied | ccxt.AccountNotEnabled):
+        return errors.PermissionDeniedError(f"{name} refused {what}: the API key lacks a permission it needs ({detail}); "
+                                            "enable it (trade, wallet, IP whitelist) on the exchange's API page")
+    if isinstance(exc, ccxt.InsufficientFunds):
+        return errors.InsufficientFundsError(f"{name} refused {what} for insufficient funds ({detail}); lower the amount "
+                                             "or fund the account (see fetch_balance())")
+    if isinstance(exc, ccxt.OrderNotFound):
+        return errors.OrderNotFoundError(f"{name} found no such order for {what} ({detail}); check the order id and "
+                                         "symbol with fetch_open_orders()")
+    if isinstance(exc, ccxt.InvalidOrder) or (isinstance(exc, ccxt.BadRequest) and what == "create_order"):
+        return errors.OrderRejectedError(f"{name} rejected the order of {what} ({detail}); check amount and price against "
+                                         "the market's min_amount, amount_step and price_step")
+    if isinstance(exc, ccxt.NotSupported):
+        return errors.NotSupportedError(f"{name} does not support {what} ({detail})")
+    if isinstance(exc, ccxt.AuthenticationError):
         return errors.AuthError(f"{name} rejected the credentials for {what} ({detail}); check the API key, its "
                                 "permissions and IP whitelist with `qlab accounts check NAME`")
     if isinstance(exc, ccxt.BadSymbol):
@@ -101,16 +117,19 @@ async def call_with_retry(
     cap: float = 30,
     sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
     rng: random.Random | None = None,
+    retry_client: Any = None,
+    retry_what: str | None = None,
     **kw: Any,
 ) -> Any:
     """`await fn(*args, **kw)`, retrying network-type ccxt errors up to `max_tries` calls in all.
 
     The wait before try n+1 is uniform in [0, min(cap, base * 2**n)] (full jitter), and at least the
     Retry-After the exchange sent. Errors that retrying cannot fix are raised at once, as qlab errors.
+    `retry_client` / `retry_what` name the ccxt client and the call when `fn` is a wrapper (for scrubbing and messages).
     """
     rng = rng or _RNG
-    client = _client_of(fn, args)
-    what = getattr(fn, "__name__", "request")
+    client = retry_client if retry_client is not None else _client_of(fn, args)
+    what = retry_what or getattr(fn, "__name__", "request")
     for attempt in range(max(1, max_tries)):
         try:
             return await fn(*args, **kw)
