@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from typing import Any
 
 # Modules holding @section functions, run in this order.
-SECTION_MODULES: tuple[str, ...] = ("benchmarks.store_bench", "benchmarks.engine_bench", "benchmarks.optimize_bench")
+SECTION_MODULES: tuple[str, ...] = ("benchmarks.store_bench", "benchmarks.engine_bench", "benchmarks.optimize_bench", "benchmarks.ml_bench",
+                                     "benchmarks.montecarlo_bench")
 
 
 @dataclass(frozen=True)

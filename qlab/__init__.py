@@ -35,6 +35,10 @@ _LAZY = {
     "check_lookahead": "qlab.engine.lookahead:check_lookahead",
     "optimize": "qlab.research.optimize:optimize",
     "walk_forward": "qlab.research.walkforward:walk_forward",
+    "monte_carlo": "qlab.research.monte_carlo:monte_carlo",
+    "stress_test": "qlab.research.stress:stress_test",
+    "scenario": "qlab.research.scenarios:scenario",
+    "register_scenario": "qlab.research.scenarios:register_scenario",
     "show": "qlab.ui.display:show",
     "errors": "qlab.errors",
 }
@@ -59,7 +63,11 @@ if TYPE_CHECKING:  # for editors and type checkers only; `as` marks the names as
     from qlab.engine.lookahead import check_lookahead as check_lookahead
     from qlab.execution import OrderSpec as OrderSpec
     from qlab.execution import SizeSpec as SizeSpec
+    from qlab.research.monte_carlo import monte_carlo as monte_carlo
     from qlab.research.optimize import optimize as optimize
+    from qlab.research.scenarios import register_scenario as register_scenario
+    from qlab.research.scenarios import scenario as scenario
+    from qlab.research.stress import stress_test as stress_test
     from qlab.research.walkforward import walk_forward as walk_forward
     from qlab.strategy.compile import compile_strategy as compile_strategy
     from qlab.strategy.compile import diagnose as diagnose

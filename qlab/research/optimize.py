@@ -236,9 +236,10 @@ def optimize(
 
 def _assert_causal(strategy: Strategy, candles: Candles, data: dict[str, pd.Series] | None) -> None:
     from qlab.engine.lookahead import assert_no_lookahead
-    from qlab.strategy.compile import compile_strategy
+    from qlab.strategy.compile import compile_strategy, warmup_bars
 
-    assert_no_lookahead(lambda c: compile_strategy(strategy, c, data), candles, cutoffs=8, min_history=min(500, len(candles) // 2))
+    history = max(min(500, len(candles) // 2), warmup_bars(strategy) + 1)  # long warm-ups (ML models) need their history
+    assert_no_lookahead(lambda c: compile_strategy(strategy, c, data), candles, cutoffs=8, min_history=history)
 
 
 def evaluate_params(strategy: Strategy, candles: Candles, params: dict[str, Any], cash: float = 10_000.0,

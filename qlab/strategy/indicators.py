@@ -510,3 +510,7 @@ def _log_returns(frame, p):
     x = frame["close"]
     with np.errstate(divide="ignore", invalid="ignore"):
         return [_nan_if_inf(np.log(x / x.shift(p["period"])))]
+
+
+# ---------------------------------------------------------------- the ML indicator `ml_proba` (walk-forward, purged)
+import qlab.strategy.ml  # noqa: E402, F401  (registers itself; sklearn loads only when it is computed)
