@@ -35,6 +35,9 @@ _LAZY = {
     "check_lookahead": "qlab.engine.lookahead:check_lookahead",
     "optimize": "qlab.research.optimize:optimize",
     "walk_forward": "qlab.research.walkforward:walk_forward",
+    "paper_trade": "qlab.paper.trader:paper_trade",
+    "PaperTrader": "qlab.paper.trader:PaperTrader",
+    "RiskLimits": "qlab.paper.risk:RiskLimits",
     "monte_carlo": "qlab.research.monte_carlo:monte_carlo",
     "stress_test": "qlab.research.stress:stress_test",
     "scenario": "qlab.research.scenarios:scenario",
@@ -63,6 +66,9 @@ if TYPE_CHECKING:  # for editors and type checkers only; `as` marks the names as
     from qlab.engine.lookahead import check_lookahead as check_lookahead
     from qlab.execution import OrderSpec as OrderSpec
     from qlab.execution import SizeSpec as SizeSpec
+    from qlab.paper.risk import RiskLimits as RiskLimits
+    from qlab.paper.trader import PaperTrader as PaperTrader
+    from qlab.paper.trader import paper_trade as paper_trade
     from qlab.research.monte_carlo import monte_carlo as monte_carlo
     from qlab.research.optimize import optimize as optimize
     from qlab.research.scenarios import register_scenario as register_scenario
