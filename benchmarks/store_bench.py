@@ -54,7 +54,7 @@ def _time_ingests(df: pd.DataFrame, path: Path, raw_path: Path, repeats: int) ->
     naive-timestamp frame: no validation, no DELETE half of the upsert. The last qlab store stays at `path`.
     """
     naive = pd.DataFrame({"ts": df.index.tz_localize(None), **{c: df[c].to_numpy() for c in df.columns}})
-    insert = f"INSERT INTO candles SELECT ?, ?, ?, {COLUMNS} FROM frame ORDER BY ts"
+    insert = f"INSERT INTO candles (exchange, symbol, timeframe, {COLUMNS}) SELECT ?, ?, ?, {COLUMNS} FROM frame ORDER BY ts"
     qlab_s: list[float] = []
     raw_s: list[float] = []
     for _ in range(repeats):

@@ -351,6 +351,18 @@ def _accuracy(df: pd.DataFrame, reference: Any, tolerance_bps: float) -> dict:
     }
 
 
+def cross_source_check(a: pd.DataFrame, b: pd.DataFrame, tolerance: float = 0.005) -> dict:
+    """Compare two sources of the same instrument over the bars both have: relative close/high/low differences.
+
+    `tolerance` is a fraction (0.005 = 0.5 %); a bar disagrees when |a - b| / b exceeds it for close, high or low.
+    Returns the accuracy dict of QualityReport (common_bars, only_here (a), only_in_reference (b), mean/max close
+    deviation in bps, and `disagreements`: one row per disagreeing bar with close, ref_close and the three bps).
+    """
+    if not tolerance >= 0:
+        raise ConfigError(f"tolerance={tolerance!r} must be a fraction >= 0, e.g. 0.005 for 0.5 %")
+    return _accuracy(_clean(_checked(a)), b, float(tolerance) * 1e4)
+
+
 def _timeliness(last: pd.Timestamp, timeframe: str, now: Any) -> dict:
     if now is None:
         return {"last_bar": last, "expected_last_bar": None, "lag_bars": None}

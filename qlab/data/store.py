@@ -28,7 +28,7 @@ _SCHEMA = [
     """CREATE TABLE IF NOT EXISTS candles (
         exchange VARCHAR NOT NULL, symbol VARCHAR NOT NULL, timeframe VARCHAR NOT NULL,
         ts TIMESTAMP NOT NULL, open DOUBLE NOT NULL, high DOUBLE NOT NULL, low DOUBLE NOT NULL,
-        close DOUBLE NOT NULL, volume DOUBLE NOT NULL)""",
+        close DOUBLE NOT NULL, volume DOUBLE NOT NULL, source VARCHAR)""",
     """CREATE TABLE IF NOT EXISTS funding_rates (
         exchange VARCHAR NOT NULL, symbol VARCHAR NOT NULL, ts TIMESTAMP NOT NULL, rate DOUBLE NOT NULL,
         PRIMARY KEY (exchange, symbol, ts))""",
@@ -100,6 +100,7 @@ class Store:
                     "qlab understands; upgrade qlab, or point QLAB_HOME at another folder"
                 )
             if found == SCHEMA_VERSION:
+                self._add_source_column(read_only)
                 return
         if read_only:
             raise StoreError(f"the store {str(self.path)!r} is not initialised; open it once without read_only")
@@ -107,6 +108,15 @@ class Store:
             for statement in _SCHEMA:
                 self._rows(statement)
             self._rows("INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", [str(SCHEMA_VERSION)])
+            self._add_source_column(read_only)
+
+    def _add_source_column(self, read_only: bool) -> None:
+        """Provenance: v2 stores made before candles had `source` (the exchange that served each bar) gain it, once."""
+        has = self._rows("SELECT count(*) FROM information_schema.columns WHERE table_name = 'candles' AND column_name = 'source'")
+        self._has_source = bool(has[0][0])
+        if not self._has_source and not read_only:
+            self._rows("ALTER TABLE candles ADD COLUMN IF NOT EXISTS source VARCHAR")
+            self._has_source = True
 
     def _rows(self, query: str, params: list[Any] | None = None) -> list[tuple]:
         """Run a statement and fetch every row, so no unfinished result blocks the next query."""
@@ -140,8 +150,13 @@ class Store:
         return self._con.execute(query, params or []).df()
 
     # -- candles -------------------------------------------------------------------------------
-    def write_candles(self, candles: pd.DataFrame, exchange: str, symbol: str, timeframe: str) -> int:
-        """Upsert validated candles for one series in one transaction; returns the rows written."""
+    def write_candles(
+        self, candles: pd.DataFrame, exchange: str, symbol: str, timeframe: str, *, source: str | None = None
+    ) -> int:
+        """Upsert validated candles for one series in one transaction; returns the rows written.
+
+        `source` records where the bars came from (default: `exchange`); a failover sync stores a series
+        under one name with each bar stamped by the exchange that actually served it."""
         _check_key(exchange, symbol)
         validate_candles(candles, timeframe, where=f"{exchange} {symbol} {timeframe}")
         stage = pa.table(  # Arrow, not a DataFrame: no copy of the columns on the way into DuckDB
@@ -158,23 +173,31 @@ class Store:
                        AND candles.timeframe = ? AND candles.ts = _stage.ts""",
                     [exchange, symbol, timeframe],
                 )
-                self._insert_stage(exchange, symbol, timeframe)
+                self._insert_stage(exchange, symbol, timeframe, exchange if source is None else str(source))
             finally:
                 self._con.unregister("_stage")
         return stage.num_rows
 
-    def _insert_stage(self, exchange: str, symbol: str, timeframe: str) -> None:
+    def _insert_stage(self, exchange: str, symbol: str, timeframe: str, source: str) -> None:
         # rows arrive sorted (validated), so no ORDER BY: DuckDB keeps insertion order
-        self._rows("INSERT INTO candles SELECT ?, ?, ?, ts, open, high, low, close, volume FROM _stage", [exchange, symbol, timeframe])
+        self._rows(
+            "INSERT INTO candles (exchange, symbol, timeframe, ts, open, high, low, close, volume, source)"
+            " SELECT ?, ?, ?, ts, open, high, low, close, volume, ? FROM _stage",
+            [exchange, symbol, timeframe, source],
+        )
 
     def candles(
-        self, exchange: str, symbol: str, timeframe: str, start: Any = None, end: Any = None
+        self, exchange: str, symbol: str, timeframe: str, start: Any = None, end: Any = None, *, with_source: bool = False
     ) -> Candles:
-        """Stored candles for one series, `start <= timestamp < end` (UTC), as Candles (validated on write)."""
+        """Stored candles for one series, `start <= timestamp < end` (UTC), as Candles (validated on write).
+
+        `with_source=True` adds a `source` column: the exchange that served each bar (None for rows stored before
+        provenance was recorded)."""
         timeframe_delta(timeframe)
         lo, hi = _naive_utc(start, "start"), _naive_utc(end, "end")
+        extra = (", source" if self._has_source else ", NULL::VARCHAR AS source") if with_source else ""
         query = (
-            "SELECT epoch_ns(ts) AS ts, open, high, low, close, volume FROM candles"
+            f"SELECT epoch_ns(ts) AS ts, open, high, low, close, volume{extra} FROM candles"
             " WHERE exchange = $e AND symbol = $s AND timeframe = $t"
         )
         params: dict[str, Any] = {"e": exchange, "s": symbol, "t": timeframe}
@@ -191,6 +214,8 @@ class Store:
         order = None if (np.diff(stamps) > 0).all() else np.argsort(stamps, kind="stable")  # upserts append out of order
         index = pd.DatetimeIndex(stamps.astype("datetime64[ns]"), name="timestamp").tz_localize("UTC")
         columns = {c: table.column(c).to_numpy() for c in ("open", "high", "low", "close", "volume")}
+        if with_source:
+            columns["source"] = table.column("source").to_numpy(zero_copy_only=False)
         if order is not None:
             index, columns = index[order], {c: v[order] for c, v in columns.items()}
         return pd.DataFrame(columns, index=index)
@@ -219,11 +244,32 @@ class Store:
             out[col] = pd.to_datetime(out[col]).dt.tz_localize("UTC")
         return out
 
-    def delete_candles(self, exchange: str, symbol: str, timeframe: str) -> int:
-        """Remove one stored series; returns the rows removed."""
+    def sources(self, exchange: str | None = None, symbol: str | None = None, timeframe: str | None = None) -> pd.DataFrame:
+        """Provenance: one row per run of consecutive stored bars from one source (exchange, symbol, timeframe, source,
+        first, last, rows), in time order; a failover sync shows as bybit, binance, bybit runs."""
+        column = "source" if self._has_source else "NULL::VARCHAR"
+        out = self._con.execute(
+            f"""WITH t AS (SELECT exchange, symbol, timeframe, {column} AS source, ts,
+                   row_number() OVER (PARTITION BY exchange, symbol, timeframe ORDER BY ts)
+                   - row_number() OVER (PARTITION BY exchange, symbol, timeframe, {column} ORDER BY ts) AS run
+                 FROM candles WHERE (?::VARCHAR IS NULL OR exchange = ?) AND (?::VARCHAR IS NULL OR symbol = ?)
+                 AND (?::VARCHAR IS NULL OR timeframe = ?))
+               SELECT exchange, symbol, timeframe, source, min(ts) AS first, max(ts) AS last, count(*) AS rows
+               FROM t GROUP BY exchange, symbol, timeframe, source, run ORDER BY exchange, symbol, timeframe, first""",
+            [exchange, exchange, symbol, symbol, timeframe, timeframe],
+        ).df()
+        for col in ("first", "last"):
+            out[col] = pd.to_datetime(out[col]).dt.tz_localize("UTC")
+        return out
+
+    def delete_candles(self, exchange: str, symbol: str, timeframe: str, *, start: Any = None, end: Any = None) -> int:
+        """Remove one stored series (or only its rows with `start <= timestamp < end`); returns the rows removed."""
+        lo, hi = _naive_utc(start, "start"), _naive_utc(end, "end")
         with self.transaction():
             n = self._rows(
-                "DELETE FROM candles WHERE exchange = ? AND symbol = ? AND timeframe = ?", [exchange, symbol, timeframe]
+                """DELETE FROM candles WHERE exchange = ? AND symbol = ? AND timeframe = ?
+                   AND (?::TIMESTAMP IS NULL OR ts >= ?) AND (?::TIMESTAMP IS NULL OR ts < ?)""",
+                [exchange, symbol, timeframe, lo, lo, hi, hi],
             )[0][0]
         return int(n)
 
@@ -339,7 +385,8 @@ class Store:
             try:
                 self._rows(f"INSERT INTO api_usage SELECT {', '.join(USAGE_COLUMNS)} FROM _usage")
             finally:
-                self._con.unregister("_usage")
+                with contextlib.suppress(duckdb.Error):  # an aborted transaction must not hide the insert's own error
+                    self._con.unregister("_usage")
         return len(frame)
 
     def usage(self, key_id: str | None = None, since: Any = None, until: Any = None) -> pd.DataFrame:

@@ -3,6 +3,7 @@
     async with ...:  # any ccxt async client, e.g. qlab.exchange.ccxt_client.make_client("bybit", {}, "live")
         written = await sync_candles(client, store, "bybit", ["BTC/USDT:USDT"], "1h", "2024-01-01")
     written = sync("bybit", ["BTC/USDT:USDT"], "1h", "2024-01-01")   # builds and closes its own client
+    written = sync("bybit", [...], "1h", "2024-01-01", rate=5, budget=Budget(calls_per_day=10_000), key_id="public")
 
 For each symbol the bars wanted are those with open time in [since, until) that are closed by now. The
 stored series decides what is fetched: the part before its first bar, every hole inside it (gap_table) and
@@ -10,14 +11,18 @@ the part after its last bar. Each range is paged forward with windows of at most
 every page is written by Store.write_candles in its own transaction, so an interrupted sync keeps whole
 pages only and the next sync resumes after them. An empty window moves on to the next one (an empty body
 that is not valid JSON is retried, never read as "no data"); a range ends when the windows reach its end.
+
+With a `UsageMeter` (qlab.exchange.ratelimit) every HTTP request waits for the key's rate limit and budget and
+lands in the store's usage ledger; `sync()` and `run_sync()` always meter (ccxt's rate model unless `rate=`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import Callable, Iterable
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from typing import Any, TypeVar
 
 import numpy as np
 import pandas as pd
@@ -26,9 +31,21 @@ from qlab.data.candles import timeframe_delta
 from qlab.data.quality import gap_table
 from qlab.data.store import Store
 from qlab.errors import ConfigError, NotFoundError
+from qlab.exchange.ratelimit import Budget, UsageMeter
 from qlab.exchange.retry import call_with_retry, fetch_ohlcv_checked, ohlcv_page_limit
 
 OHLCV = ("open", "high", "low", "close", "volume")
+T = TypeVar("T")
+
+
+@contextlib.asynccontextmanager
+async def metered(client: Any, meter: UsageMeter | None) -> AsyncIterator[Any]:
+    """`meter` attached to `client` for the block (then detached and flushed); nothing when None or already attached."""
+    if meter is None or getattr(client, "_qlab_meter", None) is meter:
+        yield client
+        return
+    async with meter.attached(client):
+        yield client
 
 
 def _ms(value: Any, what: str) -> int:
@@ -103,12 +120,14 @@ async def sync_candles(
     progress: bool = False,
     now: Any = None,
     retry: dict[str, Any] | None = None,
+    meter: UsageMeter | None = None,
 ) -> dict[str, int]:
     """Download the closed `timeframe` bars of `symbols` with open time in [since, until) into `store`.
 
     `client` is a ccxt async exchange (the caller closes it); rows are stored under `exchange_id`.
     `until` defaults to now; bars not yet closed at `now` (default: the wall clock) are never stored.
     `retry` holds keyword arguments for `call_with_retry` (max_tries, base, cap, sleep, rng).
+    `meter` (a UsageMeter) throttles and records every request of the sync (see `metered`).
     Returns the rows written per symbol (0 when the store was already complete).
     """
     symbols = list(dict.fromkeys(symbols))
@@ -122,7 +141,14 @@ async def sync_candles(
     stop = min(_ms(until, "until") if until is not None else now_ms, now_ms - step + 1)  # exclusive bound on open time
     if stop <= start:
         return dict.fromkeys(symbols, 0)
-    retry = dict(retry or {})
+    async with metered(client, meter):
+        return await _sync_candles(client, store, exchange_id, symbols, timeframe, start, stop, step, page_limit,
+                                   concurrency, progress, dict(retry or {}))
+
+
+async def _sync_candles(client: Any, store: Store, exchange_id: str, symbols: list[str], timeframe: str, start: int,
+                        stop: int, step: int, page_limit: int | None, concurrency: int, progress: bool,
+                        retry: dict[str, Any]) -> dict[str, int]:
     await call_with_retry(client.load_markets, **retry)
     missing = [s for s in symbols if s not in client.markets]
     if missing:
@@ -156,6 +182,52 @@ async def sync_candles(
     return dict(zip(symbols, counts, strict=True))
 
 
+def run_sync(
+    exchange_id: str,
+    work: Callable[[Any, Store, UsageMeter], Awaitable[T]],
+    *,
+    store: Store | None = None,
+    client_factory: Callable[[], Any] | None = None,
+    key_id: str = "public",
+    rate: float | None = None,
+    burst: float = 1.0,
+    budget: Budget | None = None,
+    over_budget: bool = False,
+) -> T:
+    """Run `await work(client, store, meter)` from synchronous code, metered and recorded in the usage ledger.
+
+    Builds a public (key-less) live client unless `client_factory` is given, opens the default Store unless
+    `store` is given, and closes what it opened. The meter (key `key_id`) limits the client to `rate` requests a
+    second (default: ccxt's own rate model for the exchange), continues `budget` from the ledger, and writes one
+    ledger row per HTTP request.
+    """
+    from qlab.data.usage import StoreUsageSink, resume_budget
+
+    async def main(store: Store) -> T:
+        if client_factory is not None:
+            client = client_factory()
+        else:
+            from qlab.exchange.ccxt_client import make_client
+
+            client = make_client(exchange_id, {}, "live")
+        try:
+            if budget is not None:
+                resume_budget(store, key_id, budget)
+            meter = UsageMeter.for_client(client, key_id, rate=rate, burst=burst, budget=budget,
+                                          sink=StoreUsageSink(store), over_budget=over_budget)
+            async with metered(client, meter):
+                return await work(client, store, meter)
+        finally:
+            await client.close()
+
+    own_store = Store() if store is None else None
+    try:
+        return asyncio.run(main(own_store or store))  # type: ignore[arg-type]
+    finally:
+        if own_store is not None:
+            own_store.close()
+
+
 def sync(
     exchange_id: str,
     symbols: Iterable[str],
@@ -165,26 +237,18 @@ def sync(
     *,
     store: Store | None = None,
     client_factory: Callable[[], Any] | None = None,
+    key_id: str = "public",
+    rate: float | None = None,
+    budget: Budget | None = None,
+    over_budget: bool = False,
     **kw: Any,
 ) -> dict[str, int]:
-    """`sync_candles` from synchronous code: builds a public (key-less) live client unless `client_factory` is given,
-    opens the default Store unless `store` is given, and closes what it opened."""
+    """`sync_candles` from synchronous code through `run_sync`: its own client and store unless given, every request
+    limited to `rate` a second (default ccxt's model), counted against `budget` and recorded under `key_id`."""
+    symbols = list(symbols)
 
-    async def main() -> dict[str, int]:
-        if client_factory is not None:
-            client = client_factory()
-        else:
-            from qlab.exchange.ccxt_client import make_client
+    async def work(client: Any, store: Store, meter: UsageMeter) -> dict[str, int]:
+        return await sync_candles(client, store, exchange_id, symbols, timeframe, since, until, meter=meter, **kw)
 
-            client = make_client(exchange_id, {}, "live")
-        try:
-            return await sync_candles(client, own_store or store, exchange_id, symbols, timeframe, since, until, **kw)
-        finally:
-            await client.close()
-
-    own_store = Store() if store is None else None
-    try:
-        return asyncio.run(main())
-    finally:
-        if own_store is not None:
-            own_store.close()
+    return run_sync(exchange_id, work, store=store, client_factory=client_factory, key_id=key_id, rate=rate,
+                    budget=budget, over_budget=over_budget)

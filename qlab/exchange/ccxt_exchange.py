@@ -125,6 +125,10 @@ class CcxtExchange:
         self.client = client
         self.id: str = str(client.id)
         self.meter = meter
+        # a UsageMeter meters at the HTTP level (every request, load_markets pages included); anything else per method
+        self._http_metered = meter is not None and hasattr(meter, "attach")
+        if self._http_metered:
+            meter.attach(client)
         self.key_id = key_id
         self._retry = dict(retry or {})
         self._markets: dict[str, Market] | None = None
@@ -158,7 +162,8 @@ class CcxtExchange:
         """One REST call of ccxt method `name`, metered per attempt and retried by call_with_retry."""
         target = fn or getattr(self.client, name)
         weight = endpoint_weight(self.client, name)
-        meter, client = self.meter, self.client
+        meter = None if self._http_metered else self.meter
+        client = self.client
 
         async def attempt(*a: Any) -> Any:
             if meter is not None:
@@ -354,7 +359,10 @@ class CcxtExchange:
 
     # ------------------------------------------------------------------ lifecycle
     async def close(self) -> None:
-        """Close the ccxt client's HTTP session."""
+        """Close the ccxt client's HTTP session (and flush the meter's usage rows)."""
+        if self._http_metered:
+            self.meter.detach(self.client)
+            self.meter.flush()
         await self.client.close()
 
     async def __aenter__(self) -> CcxtExchange:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import random
 import threading
+import warnings
 
 import ccxt.async_support as ccxt
 import pandas as pd
@@ -300,3 +302,128 @@ def test_cli_data_sync_builds_a_public_client_and_stores_the_candles(tmp_path, m
         asyncio.run_coroutine_threadsafe(fake.stop(), loop).result(10)
         loop.call_soon_threadsafe(loop.stop)
         thread.join(5)
+
+
+# ------------------------------------------------------------------------------------------------ rate limits and budgets
+def _three_symbols() -> dict[str, pd.DataFrame]:
+    served = _served()
+    xrp = qlab.load_sample("XRP/USDT:USDT", "1h").copy()
+    xrp.index = served[BTC].index[-len(xrp):]  # the 100 real XRP perpetual bars served over BTC's last 100 hours
+    return {**served, "XRP/USDT:USDT": xrp}
+
+
+def _max_in_any_second(times: list[float]) -> int:
+    """The most requests inside any sliding one-second window (a plain two-pointer count)."""
+    times, best, lo = sorted(times), 0, 0
+    for hi, t in enumerate(times):
+        while t - times[lo] >= 1.0:
+            lo += 1
+        best = max(best, hi - lo + 1)
+    return best
+
+
+def test_concurrent_sync_stays_under_the_configured_rate_at_the_server_and_the_ledger_counts_every_request(tmp_path):
+    from qlab.data.usage import StoreUsageSink
+    from qlab.exchange.ratelimit import UsageMeter
+
+    served = _three_symbols()
+    symbols = list(served)
+
+    async def test(fake, client, served):
+        with Store(tmp_path / "free.duckdb") as store:  # control: the same kind of sync without a meter is far faster
+            await sync_candles(client, store, "bybit", symbols, "1h", _since(served), _until(served), page_limit=50,
+                               concurrency=3, retry=_retry())
+            unmetered = max(fake.per_second("/").values())
+        fake.requests.clear()
+        fresh = fake.point(ccxt.bybit({"enableRateLimit": False}))  # loads the markets again, through the meter
+        try:
+            with Store(tmp_path / "s.duckdb") as store:
+                meter = UsageMeter("public", "bybit", rate=20, sink=StoreUsageSink(store))
+                await sync_candles(fresh, store, "bybit", symbols, "1h", _since(served), _until(served), page_limit=100,
+                                   concurrency=3, meter=meter, retry=_retry())
+                _assert_stored(store, served)
+                return unmetered, list(fake.requests), fake.per_second("/"), store.usage("public")
+        finally:
+            await fresh.close()
+
+    unmetered, requests, per_second, ledger = _run(test, served)
+    assert unmetered > 21  # the check below can fail
+    assert len(requests) >= 30  # 11 markets pages plus 22 kline pages: over 1.5 s at 20/s
+    assert max(per_second.values()) <= 20 + 1  # the rate plus the one-token burst, counted at the server
+    assert _max_in_any_second([r.time for r in requests]) <= 20 + 2  # plus one for network jitter
+    assert len(ledger) == len(requests)  # one ledger row per request the server saw
+    assert sorted(ledger["endpoint"]) == sorted(r.path for r in requests)
+    assert set(ledger["status"]) == {"ok"} and set(ledger["key_id"]) == {"public"}
+
+
+def test_a_429_with_retry_after_slows_the_metered_sync(tmp_path):
+    from qlab.data.usage import StoreUsageSink
+    from qlab.exchange.ratelimit import UsageMeter
+
+    served = {BTC: qlab.load_sample(BTC, "1h")}
+
+    async def test(fake, client, served):
+        await client.load_markets()
+        fake.requests.clear()
+        with Store(tmp_path / "s.duckdb") as store:
+            meter = UsageMeter("public", "bybit", rate=20, cooldown=30, sink=StoreUsageSink(store))
+            fake.inject(KLINE, "429", retry_after=0.6)
+            await sync_candles(client, store, "bybit", [BTC], "1h", _since(served), _until(served), page_limit=100,
+                               meter=meter, retry=_retry())  # call_with_retry's own sleep returns at once
+            _assert_stored(store, served)
+            return list(fake.requests), store.usage("public"), meter.rate
+
+    requests, ledger, rate = _run(test, served)
+    times = [r.time for r in requests]
+    assert requests[0].fault == "429" and list(ledger["status"]) == ["RateLimitError"] + ["ok"] * (len(requests) - 1)
+    assert times[1] - times[0] >= 0.6 - 0.02  # the meter waited out the Retry-After
+    gaps = [b - a for a, b in itertools.pairwise(times[1:])]
+    assert len(gaps) >= 8 and min(gaps) >= 1 / 10 - 0.02  # then 10/s (halved), not 20/s
+    assert rate == 10
+
+
+def test_budget_warns_refuses_past_the_hard_limit_and_survives_a_restart(tmp_path):
+    from qlab.errors import BudgetExceededError
+    from qlab.exchange.ratelimit import Budget, BudgetWarning
+
+    served = {BTC: qlab.load_sample(BTC, "1h")}
+    loop = asyncio.new_event_loop()
+    fake = FakeExchange()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    events = []
+
+    def run(**kw):
+        return sync("bybit", [BTC], "1h", _since(served), _until(served), store=store, page_limit=50, rate=200,
+                    key_id="alice", retry=_retry(),
+                    client_factory=lambda: fake.point(ccxt.bybit({"enableRateLimit": False})), **kw)
+
+    try:
+        asyncio.run_coroutine_threadsafe(fake.start(), loop).result(10)
+        fake.add_candles(BTC, "1h", served[BTC])
+        with Store(tmp_path / "s.duckdb") as store:
+            with pytest.warns(BudgetWarning), pytest.raises(BudgetExceededError) as info:
+                run(budget=Budget(calls_per_day=15, callbacks=[events.append]))
+            first = (fake.count("/"), len(store.usage("alice")), len(store.candles("bybit", BTC, "1h")))
+            # a restart: a fresh Budget with the same limit continues from the ledger and refuses at once
+            with pytest.raises(BudgetExceededError):
+                run(budget=Budget(calls_per_day=15, callbacks=[events.append]))
+            second = fake.count("/")
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", BudgetWarning)  # every threshold was warned already today
+                written = run(budget=Budget(calls_per_day=15, callbacks=[events.append]), over_budget=True)
+            _assert_stored(store, served)
+            ledger = len(store.usage("alice"))
+    finally:
+        asyncio.run_coroutine_threadsafe(fake.stop(), loop).result(10)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(5)
+    message = str(info.value)
+    assert "'alice'" in message and "calls_per_day=15" in message
+    assert [(e.threshold, e.used) for e in events] == [(50, 8), (80, 12), (100, 15)]
+    markets_calls = first[0] - first[2] // 50  # requests that were not kline pages
+    assert first[0] == 15 and first[1] == 15  # 15 calls made, 15 in the ledger; the 16th was refused before sending
+    assert first[2] == 50 * (15 - markets_calls) and markets_calls > 0
+    assert second == first[0]  # the restarted run sent nothing
+    assert written == {BTC: len(served[BTC]) - first[2]}
+    assert ledger == fake.count("/")

@@ -224,3 +224,23 @@ def test_funding_rate_history_of_a_perpetual_matches_the_served_rates():
 
     got = _run("bybit", test)
     assert [(f.symbol, f.ts, f.rate) for f in got] == [(LINEAR, t, r) for t, r in rates.items()]
+
+
+def test_a_usage_meter_meters_every_http_request_once():
+    """A UsageMeter attaches at the HTTP level: each request the server sees is one ledger row, load_markets pages included."""
+    from qlab.exchange.ratelimit import UsageMeter
+
+    async def main():
+        rows: list[dict] = []
+        async with FakeExchange() as fake:
+            fake.add_candles("BTC/USDT:USDT", "1h", qlab.load_sample("BTC/USDT:USDT", "1h").iloc[:300])
+            meter = UsageMeter("key-test", "bybit", rate=1000, burst=10, sink=rows.extend)
+            ex = CcxtExchange(fake.point(ccxt.bybit()), meter=meter, key_id="key-test")
+            await ex.load_markets()
+            await ex.fetch_ohlcv("BTC/USDT:USDT", "1h", since=qlab.load_sample("BTC/USDT:USDT", "1h").index[0], limit=200)
+            await ex.close()
+            return rows, fake.count("/")
+
+    rows, served = asyncio.run(main())
+    assert served > 2 and len(rows) == served
+    assert {r["key_id"] for r in rows} == {"key-test"} and any(r["endpoint"] == "/v5/market/kline" for r in rows)
