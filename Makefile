@@ -28,7 +28,8 @@ $(STORE): $(STAMP) $(wildcard data/sample/*.parquet)
 
 demo: $(STORE)
 	@for nb in $(NOTEBOOKS); do $(BIN)/qlab run $$nb || exit 1; done
-	@echo "reports written: $$(ls reports/*.html | tr '\n' ' ')"
+	@echo "reports written: $$(ls reports/*.html | grep -v index.html | tr '\n' ' ')"
+	@echo "report index (parameters, dates, headline metrics): reports/index.html"
 
 test: $(STAMP)
 	$(BIN)/ruff check qlab tests benchmarks

@@ -43,6 +43,7 @@ _LAZY = {
     "scenario": "qlab.research.scenarios:scenario",
     "register_scenario": "qlab.research.scenarios:register_scenario",
     "show": "qlab.ui.display:show",
+    "publish_metrics": "qlab.ui.reports_index:publish_metrics",
     "errors": "qlab.errors",
 }
 
@@ -81,6 +82,7 @@ if TYPE_CHECKING:  # for editors and type checkers only; `as` marks the names as
     from qlab.strategy.spec import Strategy as Strategy
     from qlab.strategy.templates import templates as templates
     from qlab.ui.display import show as show
+    from qlab.ui.reports_index import publish_metrics as publish_metrics
 
 
 def __getattr__(name: str) -> Any:

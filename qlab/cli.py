@@ -111,13 +111,40 @@ def cmd_resample(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    """Run a notebook headless through papermill and export an HTML report."""
+    """Run a notebook (or a --batch file of runs, in parallel) headless and export HTML reports plus reports/index.html."""
+    from qlab.errors import ConfigError
+
+    if bool(args.notebook) == bool(args.batch):
+        raise ConfigError("give either a NOTEBOOK (with -p NAME VALUE ...) or --batch FILE, not both or neither")
+    if args.batch:
+        if args.parameter or args.name:
+            raise ConfigError("-p and --name apply to a single NOTEBOOK; put parameters and names in the --batch file")
+        from qlab.ui.batch import run_batch
+
+        def done(outcome) -> None:
+            item = outcome.item
+            if outcome.ok:
+                print(f"ok     {item.name}: wrote {outcome.html}", flush=True)
+            else:
+                print(f"FAILED {item.name}: {outcome.error}", flush=True)
+
+        outcomes = run_batch(args.batch, workers=args.workers, reports=args.reports, on_done=done)
+        failed = [o for o in outcomes if not o.ok]
+        print(f"{len(outcomes) - len(failed)} of {len(outcomes)} run(s) succeeded; index: "
+              f"{Path(args.reports or _reports_default()) / 'index.html'}")
+        return 1 if failed else 0
     from qlab.ui.runner import run_notebook
 
     params = {name: _parse_value(value) for name, value in args.parameter}
-    html = run_notebook(args.notebook, params, reports=args.reports)
-    print(f"wrote {html}")
+    html = run_notebook(args.notebook, params, reports=args.reports, name=args.name)
+    print(f"wrote {html} (index: {html.parent / 'index.html'})")
     return 0
+
+
+def _reports_default() -> Path:
+    from qlab.config import reports_dir
+
+    return reports_dir()
 
 
 def _parse_value(text: str) -> object:
@@ -271,6 +298,25 @@ def cmd_accounts_add(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    """Serve the dashboard until Ctrl-C."""
+    import os
+
+    from qlab.ui import dashboard_server
+
+    if args.store:
+        os.environ["QLAB_STORE"] = str(args.store)
+    params = {k: v for k, v in (("symbol", args.symbol), ("timeframe", args.timeframe), ("strategy", args.strategy)) if v}
+    proc, url = dashboard_server.start(args.port, params)
+    print(f"qlab dashboard: {url}  (Ctrl-C stops it)", flush=True)
+    try:
+        return proc.wait()
+    except KeyboardInterrupt:
+        proc.terminate()
+        proc.wait(10)
+        return 0
+
+
 def cmd_accounts_list(args: argparse.Namespace) -> int:
     """Print the accounts with 'set'/'missing' in place of their credentials."""
     from qlab.accounts import credentials_path, list_accounts
@@ -306,17 +352,250 @@ def cmd_accounts_remove(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_sync(args: argparse.Namespace) -> int:
-    """Download closed candles from an exchange's public API into the store, incrementally and gap-filling."""
-    from qlab.data.sync import sync
+def _sync_budget(args: argparse.Namespace):
+    """The Budget the `data sync` flags ask for, or None."""
+    from qlab.exchange.ratelimit import Budget
 
+    limits = {k: getattr(args, k) for k in ("calls_per_day", "calls_per_month", "money_per_day", "money_per_month")}
+    if all(v is None for v in limits.values()):
+        return None
+    return Budget(**limits, cost_per_call=args.cost_per_call, hard_limit=not args.warn_only)
+
+
+def _fee_overrides(items: list[str]) -> dict:
+    """{'vip1': {'*': (0.0002, 0.0005)}} from ['vip1=0.0002,0.0005']; 'vip1:BTC/USDT=...' names one symbol."""
+    from qlab.errors import ConfigError
+
+    out: dict = {}
+    for item in items:
+        name, _, fees = item.partition("=")
+        tier, _, symbol = name.partition(":")
+        try:
+            maker, taker = (float(x) for x in fees.split(","))
+        except ValueError:
+            raise ConfigError(f"--fee-override {item!r}: use TIER=MAKER,TAKER (fractions), e.g. vip1=0.0002,0.0005, "
+                              "or TIER:SYMBOL=MAKER,TAKER") from None
+        out.setdefault(tier.strip(), {})[symbol.strip() or "*"] = (maker, taker)
+    return out
+
+
+def cmd_sync(args: argparse.Namespace) -> int:
+    """Download closed candles, and with --funding / --fees funding rates and fee schedules, into the store; every
+    request is rate limited, counted against the budget flags and recorded in the usage ledger."""
+    from qlab.data.funding_sync import sync_fees, sync_funding
+    from qlab.data.sync import run_sync, sync_candles
+    from qlab.errors import ConfigError
+
+    if args.watchlist:
+        return _sync_watchlist(args)
+    if not (args.exchange and args.symbols):
+        raise ConfigError("give --exchange and --symbols (or --watchlist FILE to fill what a watch list is missing)")
     symbols = [s.strip() for s in args.symbols.split(",") if s.strip()]
+    if not (args.timeframe or args.funding or args.fees):
+        raise ConfigError("nothing to sync: give --timeframe for candles, and/or --funding, --fees")
+    if (args.timeframe or args.funding) and not args.since:
+        raise ConfigError("--since is needed for candles and funding, e.g. --since 2024-01-01")
+    perps = [s for s in symbols if ":" in s]
+    if args.funding and not perps:
+        raise ConfigError(f"--funding needs perpetual symbols such as {symbols[0] if symbols else 'BTC/USDT'}:USDT; "
+                          f"got {', '.join(symbols) or 'none'}")
+    budget, overrides = _sync_budget(args), _fee_overrides(args.fee_override)
+
+    async def work(client, store, meter):
+        out: dict = {"meter": meter}
+        if args.timeframe:
+            out["candles"] = await sync_candles(client, store, args.exchange, symbols, args.timeframe, args.since, args.until,
+                                                concurrency=args.concurrency, progress=not args.quiet)
+        if args.funding:
+            out["funding"] = await sync_funding(client, store, args.exchange, perps, args.since, args.until,
+                                                concurrency=args.concurrency, progress=not args.quiet)
+        if args.fees:
+            out["fees"] = await sync_fees(client, store, args.exchange, symbols, overrides)
+        return out
+
     with _store(args) as store:
-        written = sync(args.exchange, symbols, args.timeframe, args.since, args.until, store=store,
-                       concurrency=args.concurrency, progress=not args.quiet)
-    for symbol, n in written.items():
+        out = run_sync(args.exchange, work, store=store, key_id=args.key_id, rate=args.rate, budget=budget,
+                       over_budget=args.over_budget)
+    for symbol, n in out.get("candles", {}).items():
         print(f"{args.exchange} {symbol} {args.timeframe}: {n} new rows")
-    print(f"synced {sum(written.values())} rows into {store.path}")
+    for symbol, n in out.get("funding", {}).items():
+        print(f"{args.exchange} {symbol} funding: {n} new rates")
+    if "fees" in out:
+        fees = out["fees"]
+        print(f"fees: {int(fees['written'].sum())} written, {int((~fees['written']).sum())} unchanged "
+              f"(tiers: {', '.join(sorted(fees['tier'].unique()))})")
+    used = out["meter"].summary()
+    print(f"synced into {store.path}; {used['calls']} API calls ({used['errors']} errors, {used['rate_limited']} "
+          f"rate-limited) recorded under key {args.key_id!r}; see `qlab api usage`")
+    return 0
+
+
+def _sync_watchlist(args: argparse.Namespace) -> int:
+    """`qlab data sync --watchlist FILE`: fill every missing bar of the watch list, failing over to the fallbacks."""
+    import asyncio
+
+    from qlab.data.coverage import coverage, load_watchlist
+    from qlab.data.failover import sync_watchlist
+
+    watchlist = load_watchlist(args.watchlist)
+    with _store(args) as store:
+        results = asyncio.run(sync_watchlist(watchlist, store))
+        report = coverage(store, watchlist, score=False)
+    for (exchange, timeframe), result in results.items():
+        by_source = "; ".join(f"{src}: {sum(per.values())}" for src, per in result.written.items() if sum(per.values()))
+        print(f"{exchange} {timeframe}: {result.total} new rows" + (f" ({by_source})" if by_source else ""))
+        for event in result.events:
+            if event.kind in ("down", "stale", "recovered"):
+                print(f"  {event.at:%H:%M:%S} {event.source} {event.kind}: {event.detail[:160]}")
+    print(f"coverage now {report.percent:.4f} % of the watch list's required bars")
+    return 0
+
+
+def cmd_exchange_check(args: argparse.Namespace) -> int:
+    """Health-check the configured exchanges; print a table and exit 1 when a check failed (cron/CI friendly)."""
+    from qlab.data.coverage import default_watchlist_path, load_watchlist
+    from qlab.data.health import CRON_LINE, WEEK, HealthTarget, health_targets, run_every, run_health
+
+    if args.cron:
+        print("# run `qlab exchange check` every Monday at 06:00 (crontab -e); failures exit 1, cron mails the output")
+        print(CRON_LINE)
+        return 0
+    path = args.watchlist or (default_watchlist_path() if default_watchlist_path().is_file() else None)
+    watchlist = load_watchlist(path) if path else None
+    exchanges = args.exchange or None
+    if watchlist is None:
+        targets = [HealthTarget(x, args.symbol or "BTC/USDT", args.timeframe) for x in exchanges or ()]
+    else:
+        targets = health_targets(watchlist, exchanges)
+    if args.symbol:
+        targets = [HealthTarget(t.exchange, args.symbol, args.timeframe, t.account, t.mode) for t in targets]
+    on_failure = _health_alert_hook(args.alerts) if args.alerts else None
+
+    def once():
+        report = run_health(targets, on_failure=on_failure, allow_live=args.live)
+        print(report.text(), flush=True)
+        return report
+
+    if args.schedule:
+        print(f"checking every {WEEK / 86400:g} days in the foreground (Ctrl-C stops); or use cron: {CRON_LINE}", flush=True)
+        try:
+            run_every(once)
+        except KeyboardInterrupt:
+            return 0
+    return 0 if once().ok else 1
+
+
+def _health_alert_hook(config: str):
+    """A failure callback that sends the health report through the alerts file's channels."""
+
+    def send(report) -> None:
+        from qlab.alerts.engine import AlertEngine
+        from qlab.data.store import Store
+
+        failed = ", ".join(f"{c.exchange} {c.name}" for c in report.failures)
+        with Store() as store:
+            AlertEngine.from_config(config, store=store).send_test(None, f"qlab exchange check FAILED: {failed}")
+
+    return send
+
+
+def cmd_api_usage(args: argparse.Namespace) -> int:
+    """Print the usage ledger summed per key and endpoint (or day, status)."""
+    from qlab.data.usage import usage_summary
+
+    with _store(args, read_only=True) as store:
+        table = usage_summary(store, args.key, since=args.since, until=args.until, by=args.by)
+    if table.empty:
+        print("no API calls recorded" + (f" since {args.since}" if args.since else ""))
+        return 0
+    print(table.to_string(index=False, float_format=lambda x: f"{x:.6g}"))
+    print(f"total: {int(table['calls'].sum())} calls, weight {table['weight'].sum():g}, {int(table['errors'].sum())} "
+          f"errors, {int(table['rate_limited'].sum())} rate-limited, cost {table['cost'].sum():.6g}")
+    return 0
+
+
+def _alert_engine(args: argparse.Namespace, store=None):
+    from qlab.alerts.engine import AlertEngine
+
+    return AlertEngine.from_config(args.config, store=store)
+
+
+def cmd_alerts_list(args: argparse.Namespace) -> int:
+    """Print the channels (without secrets) and rules of the alerts file."""
+    engine = _alert_engine(args)
+    print("channels:")
+    for channel in engine.channels.values():
+        print(f"  {channel.name:<16} {channel.kind:<10} {channel.target()}")
+    print("rules:")
+    for rule in engine.rules.values():
+        sends = ", ".join(rule.channels) or "all channels"
+        print(f"  {rule.name:<16} {rule.severity:<8} {rule.describe()} -> {sends}"
+              + (f", cooldown {rule.cooldown:g} s" if rule.cooldown else ""))
+    return 0
+
+
+def cmd_alerts_test(args: argparse.Namespace) -> int:
+    """Send a test alert through each channel (or --channel NAME); exit status 1 when one is not delivered."""
+    from qlab.data.store import Store
+
+    with Store(args.store) as store:
+        deliveries = _alert_engine(args, store).send_test(args.channel, args.message)
+    for d in deliveries:
+        took = f"{d.latency_s * 1000:.0f} ms" if d.latency_s is not None else "-"
+        print(f"{d.channel:<16} {d.status:<10} attempts={d.attempts} latency={took}" + (f"  {d.error}" if d.error else ""))
+    return 0 if all(d.status == "delivered" for d in deliveries) else 1
+
+
+def cmd_alerts_log(args: argparse.Namespace) -> int:
+    """Print the latest entries of the delivery log kept in the store's 'alerts' journal."""
+    from qlab.alerts.engine import delivery_log
+
+    with _store(args, read_only=True) as store:
+        frame = delivery_log(store, args.limit)
+    if frame.empty:
+        print("no alert deliveries recorded yet")
+        return 0
+    cols = [c for c in ("ts", "kind", "rule", "key", "channel", "status", "attempts", "latency_s", "error") if c in frame]
+    print(frame[cols].to_string(index=False))
+    return 0
+
+
+def cmd_coverage(args: argparse.Namespace) -> int:
+    """Print, per watch-list series, the % of required bars stored, the missing ranges and the quality score."""
+    from qlab.data.coverage import coverage, load_watchlist
+
+    watchlist = load_watchlist(args.watchlist)
+    with _store(args, read_only=True) as store:
+        report = coverage(store, watchlist)
+    table = report.table()
+    print(table.drop(columns=["to"]).to_string(index=False))
+    missing = report.missing
+    if len(missing):
+        shown = missing.head(args.max_ranges)
+        print(f"\nmissing ranges ({len(missing)}{'' if len(missing) <= args.max_ranges else f', first {args.max_ranges}'}):")
+        print(shown.to_string(index=False))
+    print(f"\ncoverage {report.percent:.4f} % of {int(table['expected'].sum())} required bars"
+          + ("" if report.complete else "; fill the gaps with `qlab data sync --watchlist FILE`"))
+    return 1 if args.require_full and not report.complete else 0
+
+
+def cmd_prune(args: argparse.Namespace) -> int:
+    """Apply the retention rules (derive higher timeframes, then delete old rows) in one transaction, or --dry-run."""
+    from qlab.data.retention import load_retention, prune
+
+    policy = load_retention(args.rules)
+    with _store(args, read_only=args.dry_run) as store:
+        result = prune(store, policy, dry_run=args.dry_run)
+    plan = result.plan
+    if plan.empty:
+        print("nothing to prune: every stored series is within its retention rule")
+        return 0
+    print(plan.to_string(index=False))
+    if args.dry_run:
+        print(f"\ndry run: {int(plan['rows'].sum())} row(s) in {len(plan)} series would go; nothing was changed")
+    else:
+        made = ", ".join(f"{k}: {v}" for k, v in result.derived.items() if v)
+        print(f"\npruned {result.deleted} row(s) from {len(plan)} series" + (f"; derived bars written first ({made})" if made else ""))
     return 0
 
 
@@ -361,21 +640,72 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keep-partial", action="store_true", help="keep buckets that miss some lower-timeframe bars")
     p.set_defaults(func=cmd_resample)
 
-    p = data.add_parser("sync", help="download closed candles from an exchange (public API, no key) into the store")
-    p.add_argument("--exchange", required=True, help="bybit, binance or kucoin")
-    p.add_argument("--symbols", required=True, help="comma-separated ccxt symbols, e.g. BTC/USDT,ETH/USDT:USDT")
-    p.add_argument("--timeframe", required=True, help="1m 5m 15m 1h 4h 1d ...")
-    p.add_argument("--since", required=True, help="first bar, e.g. 2024-01-01")
+    p = data.add_parser("sync", help="download closed candles (and funding, fees) from an exchange (public API) into the store")
+    p.add_argument("--exchange", help="bybit, binance or kucoin")
+    p.add_argument("--symbols", help="comma-separated ccxt symbols, e.g. BTC/USDT,ETH/USDT:USDT")
+    p.add_argument("--watchlist", help="instead of --exchange/--symbols: fill every bar a watch list is missing, with "
+                                       "failover to each entry's fallback exchanges")
+    p.add_argument("--timeframe", help="candles: 1m 5m 15m 1h 4h 1d ... (leave out to sync only --funding / --fees)")
+    p.add_argument("--since", help="first bar / funding time, e.g. 2024-01-01")
     p.add_argument("--until", help="end (exclusive), default now; bars still forming are never stored")
     p.add_argument("--concurrency", type=int, default=4, help="symbols downloaded at once (default 4)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--funding", action="store_true", help="also the funding-rate history of the perpetual symbols")
+    p.add_argument("--fees", action="store_true", help="also the maker/taker fees of the symbols' markets")
+    p.add_argument("--fee-override", action="append", default=[], metavar="TIER[:SYMBOL]=MAKER,TAKER",
+                   help="your VIP fees, stored as their tier, e.g. vip1=0.0002,0.0005 (repeatable)")
+    p.add_argument("--key-id", default="public", help="name the requests are recorded under in the usage ledger")
+    p.add_argument("--rate", type=float, help="requests per second (default: ccxt's rate model for the exchange)")
+    for flag, kind, text in (("--calls-per-day", int, "API calls per UTC day"), ("--calls-per-month", int, "per UTC month"),
+                             ("--money-per-day", float, "money per UTC day"), ("--money-per-month", float, "per UTC month")):
+        p.add_argument(flag, type=kind, help=f"budget: {text} for --key-id, counting what the ledger holds")
+    p.add_argument("--cost-per-call", type=float, default=0.0, help="money one API call costs (for --money-per-*)")
+    p.add_argument("--warn-only", action="store_true", help="budget limits warn at 50/80/100 %% but never refuse")
+    p.add_argument("--over-budget", action="store_true", help="go past a spent budget for this run")
     p.set_defaults(func=cmd_sync)
 
-    p = sub.add_parser("run", help="run a notebook headless and export an HTML report")
-    p.add_argument("notebook")
+    p = data.add_parser("coverage", help="per watch-list series: % of required bars stored, missing ranges, quality score")
+    p.add_argument("--watchlist", help="YAML watch list (default $QLAB_HOME/watchlist.yaml; see data/watchlist.example.yaml)")
+    p.add_argument("--require-full", action="store_true", help="exit with status 1 unless every required bar is stored")
+    p.add_argument("--max-ranges", type=int, default=50, help="missing ranges to print (default 50)")
+    p.set_defaults(func=cmd_coverage)
+
+    p = data.add_parser("prune", help="apply per-timeframe retention rules in one transaction (derive higher timeframes first)")
+    p.add_argument("--rules", help="YAML retention rules (default $QLAB_HOME/retention.yaml; see data/retention.example.yaml)")
+    p.add_argument("--dry-run", action="store_true", help="print what would go (rows and ranges per series); change nothing")
+    p.set_defaults(func=cmd_prune)
+
+    exchange = sub.add_parser("exchange", help="exchange health checks").add_subparsers(dest="exchange_command", required=True)
+    p = exchange.add_parser("check", help="reachability, clock drift, markets, endpoint shapes, credentials, rate-limit "
+                                          "headroom of each configured exchange; exit 1 on a failed check")
+    p.add_argument("--exchange", action="append", help="check this exchange (repeatable; default: every exchange of the "
+                                                       "watch list)")
+    p.add_argument("--watchlist", help="watch list naming the exchanges, symbols and accounts (default "
+                                       "$QLAB_HOME/watchlist.yaml when it exists)")
+    p.add_argument("--symbol", help="symbol whose endpoints are exercised (default: the watch list's, else BTC/USDT)")
+    p.add_argument("--timeframe", default="1h", help="OHLCV timeframe to fetch (default 1h)")
+    p.add_argument("--live", action="store_true", help="allow checking the key of a live (real money) account")
+    p.add_argument("--alerts", help="alerts file (qlab alerts): failures are sent through its channels")
+    p.add_argument("--schedule", action="store_true", help="run now and then weekly in the foreground (Ctrl-C stops)")
+    p.add_argument("--cron", action="store_true", help="print the documented weekly cron line and exit")
+    p.set_defaults(func=cmd_exchange_check)
+
+    p = sub.add_parser("run", help="run a notebook (or a batch of runs) headless and export HTML reports and an index")
+    p.add_argument("notebook", nargs="?")
     p.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"))
     p.add_argument("--reports", default=None, help="report folder (default ./reports)")
+    p.add_argument("--name", help="report name (default: the notebook's name)")
+    p.add_argument("--batch", help="YAML/JSON list of {notebook, parameters, name} runs, run in parallel processes")
+    p.add_argument("--workers", type=int, help="processes for --batch (default: up to 4)")
     p.set_defaults(func=cmd_run)
+
+    api = sub.add_parser("api", help="API usage ledger").add_subparsers(dest="api_command", required=True)
+    p = api.add_parser("usage", help="the usage ledger summed per key and endpoint, day or status")
+    p.add_argument("--key", help="one key id (default: every key)")
+    p.add_argument("--since", help="from this time, e.g. 2025-01-01")
+    p.add_argument("--until", help="up to this time (exclusive)")
+    p.add_argument("--by", default="endpoint", choices=("endpoint", "day", "status", "key"), help="group by (default endpoint)")
+    p.set_defaults(func=cmd_api_usage)
 
     p = sub.add_parser("optimize", help="search a strategy's parameters from a YAML/JSON config, on 1..N worker processes")
     p.add_argument("--config", required=True, help="YAML or JSON file: strategy, candles, space, objective, method, ...")
@@ -385,6 +715,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, help="worker processes on this machine sharing the study (default 1)")
     p.add_argument("--out", help="write the trials table to this CSV file")
     p.set_defaults(func=cmd_optimize)
+
+    p = sub.add_parser("dashboard", help="serve the live web dashboard with Voila on 127.0.0.1 and print its URL")
+    p.add_argument("--port", type=int, default=8866, help="TCP port on 127.0.0.1 (0: a free one; default 8866)")
+    p.add_argument("--symbol", help="symbol of the price panel and the replay (default BTC/USDT)")
+    p.add_argument("--timeframe", help="timeframe (default 1h)")
+    p.add_argument("--strategy", help="template name the replay trades (default sma_cross)")
+    p.set_defaults(func=cmd_dashboard)
 
     accounts = sub.add_parser("accounts", help="exchange accounts and credentials: add, list, check, remove")
     accounts.add_argument("--credentials", help="credentials file (default: $QLAB_CREDENTIALS, else "
@@ -406,6 +743,18 @@ def build_parser() -> argparse.ArgumentParser:
     p = acc.add_parser("remove", help="delete an account from the credentials file")
     p.add_argument("name")
     p.set_defaults(func=cmd_accounts_remove)
+
+    alerts = sub.add_parser("alerts", help="alert rules and channels: list, test, log")
+    alerts.add_argument("--config", help="alerts file (default: $QLAB_ALERTS, else $QLAB_HOME/alerts.yaml)")
+    al = alerts.add_subparsers(dest="alerts_command", required=True)
+    al.add_parser("list", help="channels (without secrets) and rules of the alerts file").set_defaults(func=cmd_alerts_list)
+    p = al.add_parser("test", help="send a test alert through every channel (or one) and print status and latency")
+    p.add_argument("--channel", help="only this channel")
+    p.add_argument("--message", default="qlab test alert", help="the test alert's text")
+    p.set_defaults(func=cmd_alerts_test)
+    p = al.add_parser("log", help="the delivery log from the store's 'alerts' journal")
+    p.add_argument("--limit", type=int, default=50)
+    p.set_defaults(func=cmd_alerts_log)
     return parser
 
 
