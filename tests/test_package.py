@@ -14,7 +14,7 @@ import pytest
 import qlab
 
 REPO = Path(__file__).resolve().parents[1]
-LAYERS = ["errors", "config", "exchange", "accounts", "data", "costs", "execution", "strategy", "engine", "analytics",
+LAYERS = ["errors", "config", "events", "exchange", "accounts", "data", "costs", "execution", "strategy", "engine", "analytics",
           "research", "paper", "alerts", "ui", "cli"]
 
 

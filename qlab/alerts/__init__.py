@@ -18,7 +18,7 @@ _LAZY = {
     "EVENT_KINDS": "events", "install_event_bridge": "events",
     "Rule": "rules", "Trigger": "rules", "PriceCross": "rules", "PriceMove": "rules", "SignalFired": "rules",
     "DrawdownBeyond": "rules", "DailyPnlBelow": "rules", "PositionAbove": "rules", "TraderDown": "rules",
-    "FeedStale": "rules", "QualityBelow": "rules", "BudgetThreshold": "rules", "RULE_TYPES": "rules",
+    "FeedStale": "rules", "QualityBelow": "rules", "BudgetThreshold": "rules", "HealthFailed": "rules", "RULE_TYPES": "rules",
     "rule_from_dict": "rules",
     "Channel": "channels", "EmailChannel": "channels", "WebhookChannel": "channels", "SmsChannel": "channels",
     "DashboardChannel": "channels", "LogChannel": "channels", "DeliveryError": "channels", "CHANNEL_TYPES": "channels",

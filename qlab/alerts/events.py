@@ -17,9 +17,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from qlab.errors import ConfigError, did_you_mean
-
-EVENTS_LOGGER = "qlab.events"
-EVENT_EXTRA = "qlab_event"
+from qlab.events import EVENT_EXTRA, EVENTS_LOGGER  # components report through qlab.events.report_event
 
 # kind -> the data fields the rules read (others are kept and shown in the alert)
 EVENT_KINDS: dict[str, str] = {
@@ -32,6 +30,7 @@ EVENT_KINDS: dict[str, str] = {
     "feed": "feed (e.g. 'bybit BTC/USDT'), a heartbeat: any event of a feed refreshes it",
     "quality": "symbol, timeframe, score (0..100)",
     "budget": "name (e.g. 'bybit'), used, limit",
+    "health": "exchange, ok (bool), failed (names of the failed checks), detail",
     "test": "message",
 }
 

@@ -458,9 +458,35 @@ class BudgetThreshold(Rule):
                              budget=name, used=used, limit=limit, pct=pct, threshold=top)]
 
 
+@dataclass
+class HealthFailed(Rule):
+    """Fires when an exchange health check (`qlab exchange check`) fails, once per failure; re-arms when it passes."""
+
+    exchange: str | None = None
+    kinds: ClassVar[tuple[str, ...]] = ("health",)
+    type_name: ClassVar[str] = "health_failed"
+    _failing: set[str] = field(default_factory=set, init=False, repr=False)
+
+    def evaluate(self, event: AlertEvent, now: datetime) -> list[Trigger]:
+        exchange = str(event.data.get("exchange", ""))
+        if not _matches(exchange, self.exchange):
+            return []
+        if event.data.get("ok"):
+            self._failing.discard(exchange)
+            return []
+        if exchange in self._failing:
+            return []
+        self._failing.add(exchange)
+        failed = ", ".join(event.data.get("failed") or []) or "unknown check"
+        detail = str(event.data.get("detail") or "")
+        return [self.trigger(exchange, f"{exchange} health check failed: {failed}",
+                             f"the health check of {exchange} failed ({failed})" + (f": {detail}" if detail else "."),
+                             exchange=exchange, failed=failed)]
+
+
 RULE_TYPES: dict[str, type[Rule]] = {cls.type_name: cls for cls in (
     PriceCross, PriceMove, SignalFired, DrawdownBeyond, DailyPnlBelow, PositionAbove,
-    TraderDown, FeedStale, QualityBelow, BudgetThreshold)}
+    TraderDown, FeedStale, QualityBelow, BudgetThreshold, HealthFailed)}
 
 
 def rule_from_dict(spec: dict[str, Any], where: str = "rules") -> Rule:

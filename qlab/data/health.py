@@ -25,6 +25,7 @@ from typing import Any
 import pandas as pd
 
 from qlab.errors import AuthError, ConfigError, ExchangeError
+from qlab.events import report_event
 from qlab.exchange.retry import call_with_retry
 
 CHECKS = ("reachability", "time_drift", "markets", "ohlcv", "ticker", "order_book", "trades", "credentials", "rate_limit")
@@ -264,6 +265,10 @@ async def acheck(targets: Iterable[HealthTarget], *, on_failure: Callable[[Healt
 
     results = await asyncio.gather(*(one(t) for t in targets))
     report = HealthReport(tuple(c for checks in results for c in checks))
+    for target, checks in zip(targets, results, strict=True):  # alert rules (health_failed) fire and re-arm on these
+        failed = [c for c in checks if c.status == "fail"]
+        report_event("health", exchange=target.exchange, ok=not failed, failed=[c.name for c in failed],
+                     detail="; ".join(f"{c.name}: {c.detail}" for c in failed)[:500])
     if not report.ok and on_failure is not None:
         done = on_failure(report)
         if asyncio.iscoroutine(done):

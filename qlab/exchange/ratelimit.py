@@ -31,6 +31,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from qlab.errors import BudgetExceededError, ConfigError
+from qlab.events import report_event
 
 logger = logging.getLogger(__name__)
 
@@ -343,6 +344,8 @@ class Budget:
         if logger.hasHandlers():  # a configured log gets the event; without one, the warning alone says it (not twice)
             logger.warning(event.message)
         warnings.warn(event.message, BudgetWarning, stacklevel=4)
+        report_event("budget", name=f"{event.key_id} {event.exchange} {event.limit}", used=event.used, limit=event.allowed,
+                     key_id=event.key_id, exchange=event.exchange, threshold=event.threshold)
         for callback in list(self.callbacks):
             callback(event)
 

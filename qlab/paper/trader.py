@@ -25,6 +25,7 @@ import pandas as pd
 
 from qlab.data.candles import bars_per_year, timeframe_delta
 from qlab.errors import ConfigError, StoreError
+from qlab.events import report_event
 from qlab.exchange.types import Bar, OrderBook
 from qlab.execution import OrderSpec, SizeSpec
 from qlab.paper.broker import Broker, OrderRequest, client_order_id
@@ -133,19 +134,39 @@ class PaperTrader:
         self.broker.emit = self._emit
         after = self.recover()
         processed = 0
-        async for item in self.feed.open(after):
-            if isinstance(item, OrderBook):
-                await self.broker.on_book(item)
-                continue
-            await self.broker.on_bar(item)
-            self._pending[item.symbol] = item
-            if len(self._pending) == len(self.feed.symbols):
-                await self._close(list(self._pending.values()))
-                self._pending.clear()
-                processed += 1
-                if self.stop_after is not None and processed >= self.stop_after:
-                    break
+        report_event("trader", trader=self.run_id, status="running")
+        try:
+            async for item in self.feed.open(after):
+                if isinstance(item, OrderBook):
+                    await self.broker.on_book(item)
+                    continue
+                await self.broker.on_bar(item)
+                self._pending[item.symbol] = item
+                if len(self._pending) == len(self.feed.symbols):
+                    await self._close(list(self._pending.values()))
+                    self._pending.clear()
+                    processed += 1
+                    if self.stop_after is not None and processed >= self.stop_after:
+                        break
+        except BaseException as exc:
+            status = "stopped" if isinstance(exc, asyncio.CancelledError | KeyboardInterrupt) else "error"
+            report_event("trader", trader=self.run_id, status=status, error=f"{type(exc).__name__}: {exc}"[:300])
+            raise
+        report_event("trader", trader=self.run_id, status="stopped")
         return self.result()
+
+    def _report(self, bars: list[Bar]) -> None:
+        """Alert events of a close: prices and feed heartbeats, equity, and each open position (see qlab.events)."""
+        state = self.broker.state
+        for bar in bars:
+            report_event("price", symbol=bar.symbol, price=bar.close, ts=str(bar.ts))
+            report_event("feed", feed=f"{self.run_id} {bar.symbol}")
+        report_event("equity", trader=self.run_id, equity=state.equity)
+        closes = {bar.symbol: bar.close for bar in bars}
+        for symbol, pos in state.positions.items():
+            if pos is not None and pos.open_size:
+                report_event("position", trader=self.run_id, symbol=symbol, qty=pos.direction * pos.open_size,
+                             notional=pos.open_size * closes.get(symbol, pos.entry_price))
 
     async def _close(self, bars: list[Bar]) -> None:
         ts = pd.Timestamp(bars[0].ts)
@@ -154,6 +175,7 @@ class PaperTrader:
         for bar in bars:
             await self._decide(bar.symbol, now, close_time)
         await self.broker.close_bar()
+        self._report(bars)
         reason = self.risk.on_mark(self.broker.state.equity)
         if reason:
             await self._kill(reason, now)
