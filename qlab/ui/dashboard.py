@@ -120,7 +120,7 @@ class Dashboard:
             "price": self._card("Price", self.price_fig),
             "equity": self._card("Equity", self.equity_label, self.equity_fig),
             "positions": self._card("Positions and orders", self.positions_html, self.orders_html),
-            "alerts": self._card("Alerts", self.alerts_html),
+            "alerts": self._card("Alerts", self.alerts_html, self._rules_editor()),
             "quality": self._card("Data quality", self.quality_html),
             "usage": self._card("API usage", self.usage_html),
             "system": self._card("System", self.system_html),
@@ -131,6 +131,55 @@ class Dashboard:
         self.widget = w.VBox([w.HTML(views.CSS), self.page, self.editor])
         self.apply_layout(self.layout)
         self.refresh_static()
+
+    def _rules_editor(self) -> w.Accordion:
+        """Alert rules of the alerts file: the list, and add / remove (validated before the file is written)."""
+        from qlab.ui import alert_rules
+
+        self.rules_html = w.HTML()
+        self.rule_type = w.Dropdown(options=list(alert_rules.RULE_TYPE_NAMES), value="price_cross", layout=w.Layout(width="150px"))
+        self.rule_name = w.Text(placeholder="name", layout=w.Layout(width="140px"))
+        self.rule_settings = w.Text(placeholder="symbol: BTC/USDT, level: 100000, channels: [dashboard]",
+                                    layout=w.Layout(width="100%"))
+        add, remove = w.Button(description="Add rule", icon="plus"), w.Button(description="Remove rule", icon="trash")
+        self.rule_message = w.HTML()
+
+        def show_rules() -> None:
+            try:
+                rows = [{"name": r.get("name"), "type": r.get("type"),
+                         "settings": ", ".join(f"{k}: {v}" for k, v in r.items() if k not in ("name", "type"))}
+                        for r in alert_rules.list_rules()]
+                self.rules_html.value = views.html_table(rows, empty="no rules in the alerts file yet")
+            except Exception as exc:  # a broken file is shown, the dashboard keeps running
+                self.rules_html.value = f"<small class='qlab-bad'>{exc}</small>"
+
+        def on_add(_: Any) -> None:
+            try:
+                spec = {"type": self.rule_type.value, "name": self.rule_name.value.strip(),
+                        **alert_rules.parse_settings(self.rule_settings.value)}
+                alert_rules.add_rule(spec)
+                self.rule_message.value = f"<small class='qlab-ok'>added {spec['name']}</small>"
+            except Exception as exc:
+                self.rule_message.value = f"<small class='qlab-bad'>{exc}</small>"
+            show_rules()
+
+        def on_remove(_: Any) -> None:
+            try:
+                alert_rules.remove_rule(self.rule_name.value.strip())
+                self.rule_message.value = f"<small class='qlab-ok'>removed {self.rule_name.value.strip()}</small>"
+            except Exception as exc:
+                self.rule_message.value = f"<small class='qlab-bad'>{exc}</small>"
+            show_rules()
+
+        add.on_click(on_add)
+        remove.on_click(on_remove)
+        show_rules()
+        box = w.VBox([self.rules_html, w.HBox([self.rule_type, self.rule_name], layout=w.Layout(flex_flow="row wrap")),
+                      self.rule_settings, w.HBox([add, remove]), self.rule_message])
+        acc = w.Accordion(children=[box])
+        acc.set_title(0, "Alert rules")
+        acc.selected_index = None
+        return acc
 
     @staticmethod
     def _card(title: str, *children: w.Widget) -> w.VBox:

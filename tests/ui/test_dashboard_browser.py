@@ -112,3 +112,20 @@ def test_start_button_runs_a_paper_replay_and_the_equity_panel_updates(served, b
     assert equity_points == len(expected.equity)
     print(f"\nclick to first visible equity update: {first_update_ms:.0f} ms")
     (ARTIFACTS / "dashboard_timings.json").write_text(json.dumps({"click_to_update_ms": round(first_update_ms, 1)}))
+
+
+def test_an_alert_rule_added_in_the_page_lands_in_the_alerts_file(served, browser):  # noqa: F811
+    from qlab.alerts.config import load_config
+
+    url, home = served
+    page = _open(browser, url, 1280, 900)
+    try:
+        page.click("text=Alert rules")
+        page.fill("input[placeholder='name']", "btc-100k")
+        page.fill("input[placeholder^='symbol:']", "symbol: BTC/USDT, level: 100000, direction: above")
+        page.click("text=Add rule")
+        page.wait_for_selector("text=added btc-100k", timeout=30_000)
+    finally:
+        page.close()
+    (rule,) = load_config(home / "alerts.yaml").rules
+    assert (rule.name, rule.symbol, rule.level, rule.direction) == ("btc-100k", "BTC/USDT", 100000, "above")
