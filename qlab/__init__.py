@@ -38,6 +38,7 @@ _LAZY = {
     "paper_trade": "qlab.paper.trader:paper_trade",
     "PaperTrader": "qlab.paper.trader:PaperTrader",
     "RiskLimits": "qlab.paper.risk:RiskLimits",
+    "ExchangeBroker": "qlab.paper.exchange_broker:ExchangeBroker",
     "monte_carlo": "qlab.research.monte_carlo:monte_carlo",
     "stress_test": "qlab.research.stress:stress_test",
     "scenario": "qlab.research.scenarios:scenario",
@@ -67,6 +68,7 @@ if TYPE_CHECKING:  # for editors and type checkers only; `as` marks the names as
     from qlab.engine.lookahead import check_lookahead as check_lookahead
     from qlab.execution import OrderSpec as OrderSpec
     from qlab.execution import SizeSpec as SizeSpec
+    from qlab.paper.exchange_broker import ExchangeBroker as ExchangeBroker
     from qlab.paper.risk import RiskLimits as RiskLimits
     from qlab.paper.trader import PaperTrader as PaperTrader
     from qlab.paper.trader import paper_trade as paper_trade

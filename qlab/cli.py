@@ -599,6 +599,58 @@ def cmd_prune(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_paper_run(args: argparse.Namespace) -> int:
+    """Run a paper trader: foreground, or --background as a detached service with a pid file."""
+    import asyncio
+
+    from qlab.paper.service import configure_logging, serve, service_name, start_background
+
+    symbols = args.replay or args.symbol or []
+    name = service_name(args.name, args.strategy, symbols)
+    if args.background:
+        argv = ["--strategy", args.strategy, "--timeframe", args.timeframe, "--bars", str(args.bars), "--cash", str(args.cash)]
+        for flag, values in (("--replay", args.replay), ("--symbol", args.symbol)):
+            argv += [flag, *values] if values else []
+        for flag, value in (("--account", args.account), ("--speed", args.speed), ("--exchange", args.exchange)):
+            argv += [flag, str(value)] if value is not None else []
+        argv += ["--live"] if args.live else []
+        pid = start_background(argv, name)
+        print(f"paper trader {name!r} running in the background (pid {pid}); `qlab paper status`, `qlab paper stop {name}`")
+        return 0
+    configure_logging(args.log)
+    result = asyncio.run(serve(args.strategy, name=name, replay=args.replay or (), account=args.account, symbols=args.symbol or (),
+                               timeframe=args.timeframe, speed=args.speed, bars=args.bars, cash=args.cash, allow_live=args.live,
+                               exchange=args.exchange))
+    print(f"paper trader {name!r}: {len(result.equity)} bars, {len(result.trades)} trades, final equity {result.final_equity:,.2f}")
+    return 0
+
+
+def cmd_paper_status(args: argparse.Namespace) -> int:
+    """Paper traders known under QLAB_HOME/run: running or not, equity and positions from their status files."""
+    from qlab.paper.service import status_rows
+
+    rows = status_rows()
+    if not rows:
+        print("no paper traders (start one with `qlab paper run --strategy SPEC --replay SYMBOL --background`)")
+        return 0
+    for r in rows:
+        pos = ", ".join(f"{s} {p['side']} {p['size']:g} @ {p['entry']:,.2f}" for s, p in (r.get("positions") or {}).items()) or "flat"
+        equity = r.get("equity")
+        print(f"{r['name']:<24} {'running' if r['running'] else 'stopped':<8} pid {r.get('pid')}  {r.get('state')}  "
+              f"{r.get('mode')}  bars {r.get('bars', 0)}  equity {equity if equity is None else format(equity, ',.2f')}  "
+              f"orders {len(r.get('orders') or {})}  {pos}  (updated {r.get('updated')})")
+    return 0
+
+
+def cmd_paper_stop(args: argparse.Namespace) -> int:
+    """Stop a background paper trader: SIGTERM, then wait for it to finish its event and remove its pid file."""
+    from qlab.paper.service import stop_service
+
+    row = stop_service(args.name, timeout=args.timeout)
+    print(f"stopped {args.name!r}: {row.get('state')}, {row.get('bars', 0)} bars, equity {row.get('equity')}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the `qlab` command."""
     parser = argparse.ArgumentParser(prog="qlab", description="qlab: a quantitative research lab for crypto trading")
@@ -743,6 +795,30 @@ def build_parser() -> argparse.ArgumentParser:
     p = acc.add_parser("remove", help="delete an account from the credentials file")
     p.add_argument("name")
     p.set_defaults(func=cmd_accounts_remove)
+
+    paper = sub.add_parser("paper", help="paper trading: run (replay or exchange demo/testnet), status, stop")
+    pp = paper.add_subparsers(dest="paper_command", required=True)
+    p = pp.add_parser("run", help="run a paper trader (foreground, or --background with a pid file under QLAB_HOME/run)")
+    p.add_argument("--strategy", required=True, help="template name or .json/.yaml spec")
+    p.add_argument("--account", help="exchange account (qlab accounts add); demo/testnet, live needs --live")
+    p.add_argument("--symbol", nargs="+", help="symbols to trade with --account, e.g. BTC/USDT:USDT")
+    p.add_argument("--replay", nargs="+", metavar="SYMBOL", help="replay stored (else bundled) candles of these symbols offline")
+    p.add_argument("--timeframe", default="1h")
+    p.add_argument("--speed", type=float, help="replay speed in market seconds per second (3600: one 1h bar a second); "
+                                               "default as fast as possible")
+    p.add_argument("--bars", type=int, default=2000, help="replay the last N bars (default 2000)")
+    p.add_argument("--exchange", help="replay: the stored exchange of the series (default: the first that has it)")
+    p.add_argument("--cash", type=float, default=10_000.0, help="replay: starting cash (the exchange balance with --account)")
+    p.add_argument("--name", help="service name (default strategy-symbols); the same name resumes from its journal")
+    p.add_argument("--background", action="store_true", help="run detached; see `qlab paper status` / `qlab paper stop NAME`")
+    p.add_argument("--live", action="store_true", help="opt in to a live (real money) account")
+    p.add_argument("--log", help=argparse.SUPPRESS)
+    p.set_defaults(func=cmd_paper_run)
+    pp.add_parser("status", help="paper traders with their state, equity and positions").set_defaults(func=cmd_paper_status)
+    p = pp.add_parser("stop", help="stop a background paper trader cleanly (SIGTERM; it finishes the event in hand)")
+    p.add_argument("name")
+    p.add_argument("--timeout", type=float, default=30.0)
+    p.set_defaults(func=cmd_paper_stop)
 
     alerts = sub.add_parser("alerts", help="alert rules and channels: list, test, log")
     alerts.add_argument("--config", help="alerts file (default: $QLAB_ALERTS, else $QLAB_HOME/alerts.yaml)")

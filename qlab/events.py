@@ -13,6 +13,7 @@ from typing import Any
 EVENTS_LOGGER = "qlab.events"
 EVENT_EXTRA = "qlab_event"
 _LOG = logging.getLogger(EVENTS_LOGGER)
+_LOG.propagate = False  # events are data for the alert bridge, not log lines: an INFO root logger must not print them
 
 
 def report_event(kind: str, **data: Any) -> None:
