@@ -13,7 +13,7 @@ Implementations:
     is recognised by the exchange, not duplicated); `on_bar` polls/streams the exchange's fills and emits
     them as "fill" events; `restore` folds the journal, then reconciles open orders and fills with the
     exchange by client id. Protective exits (stop-loss, take-profit, trailing) become reduce-only
-    stop/limit orders whose client ids are `request.cid + ":sl"` etc.
+    stop/limit orders whose client ids are `request.cid + "-sl"` etc. (Bybit client ids allow letters, digits, - and _)
 """
 
 from __future__ import annotations

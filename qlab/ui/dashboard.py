@@ -119,7 +119,7 @@ class Dashboard:
                                                        layout=w.Layout(flex_flow="row wrap")), self.status, self.last_update_ms),
             "price": self._card("Price", self.price_fig),
             "equity": self._card("Equity", self.equity_label, self.equity_fig),
-            "positions": self._card("Positions and orders", self.positions_html, self.orders_html),
+            "positions": self._card("Positions and orders", self.positions_html, self.orders_html, self._services_box()),
             "alerts": self._card("Alerts", self.alerts_html, self._rules_editor()),
             "quality": self._card("Data quality", self.quality_html),
             "usage": self._card("API usage", self.usage_html),
@@ -131,6 +131,36 @@ class Dashboard:
         self.widget = w.VBox([w.HTML(views.CSS), self.page, self.editor])
         self.apply_layout(self.layout)
         self.refresh_static()
+
+    def _services_box(self) -> w.VBox:
+        """Background paper traders (`qlab paper run --background`): their status rows and a stop control."""
+        self.services_html = w.HTML()
+        self.service_pick = w.Dropdown(options=[], layout=w.Layout(width="200px"))
+        stop = w.Button(description="Stop service", icon="stop")
+
+        async def stop_one(name: str) -> None:
+            from qlab.paper.service import stop_service
+
+            try:
+                await asyncio.to_thread(stop_service, name)
+                self._set_status(f"paper service {name} stopped")
+            except Exception as exc:  # shown on the page
+                self._set_status(f"could not stop {name}: {exc}")
+            self.refresh_static()
+
+        stop.on_click(lambda _: self.service_pick.value and asyncio.ensure_future(stop_one(self.service_pick.value)))
+        return w.VBox([w.HTML("<b>paper services</b>"), self.services_html, w.HBox([self.service_pick, stop])])
+
+    def _refresh_services(self) -> None:
+        from qlab.paper.service import status_rows
+
+        rows = status_rows()
+        self.services_html.value = views.html_table(
+            [{"name": r.get("name"), "state": r.get("state"), "bars": r.get("bars"), "equity": r.get("equity"),
+              "updated": r.get("updated")} for r in rows], empty="no background paper traders")
+        running = [r.get("name") for r in rows if r.get("running")]
+        if list(self.service_pick.options) != running:
+            self.service_pick.options = running
 
     def _rules_editor(self) -> w.Accordion:
         """Alert rules of the alerts file: the list, and add / remove (validated before the file is written)."""
@@ -252,6 +282,8 @@ class Dashboard:
                 self.usage_html.value = views.html_table(views.usage_rows(store), empty="no API calls recorded")
                 self.alerts_html.value = views.html_table(views.recent_alerts(store), empty="no alerts")
         self.system_html.value = views.html_table(views.system_rows(self._components()))
+        with contextlib.suppress(Exception):  # unreadable status files must not break the other panels
+            self._refresh_services()
 
     async def refresh_loop(self) -> None:
         """Refresh the slow panels every `refresh_s` seconds until cancelled."""

@@ -83,3 +83,20 @@ def test_usage_rows_empty_store(tmp_path):
     with Store(tmp_path / "e.duckdb") as store:
         assert views.usage_rows(store) == [] and views.quality_rows(store) == []
         assert views.recent_alerts(store) == []
+
+
+def test_the_dashboard_builds_headless_and_lists_background_paper_services(tmp_path, monkeypatch):
+    import os
+
+    from qlab.ui.dashboard import Dashboard
+
+    monkeypatch.setenv("QLAB_HOME", str(tmp_path))
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "sma-btc.json").write_text(json.dumps({"name": "sma-btc", "state": "running", "bars": 12, "equity": 10012.5,
+                                                  "updated": "2026-11-25T03:00:00+00:00"}))
+    (run / "sma-btc.pid").write_text(str(os.getpid()))  # a live process stands in for the service
+    dash = Dashboard({"store": str(tmp_path / "none.duckdb"), "layout": str(tmp_path / "layout.json")})
+    assert "sma-btc" in dash.services_html.value and "10,012.50" in dash.services_html.value
+    assert list(dash.service_pick.options) == ["sma-btc"]
+    assert [c.children[0].value for c in dash.page.children][:2] == ["<h4>Controls</h4>", "<h4>Price</h4>"]
