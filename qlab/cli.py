@@ -716,7 +716,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--over-budget", action="store_true", help="go past a spent budget for this run")
     p.set_defaults(func=cmd_sync)
 
-    p = data.add_parser("coverage", help="per watch-list series: % of required bars stored, missing ranges, quality score")
+    p = data.add_parser("coverage", help="per watch-list series: %% of required bars stored, missing ranges, quality score")
     p.add_argument("--watchlist", help="YAML watch list (default $QLAB_HOME/watchlist.yaml; see data/watchlist.example.yaml)")
     p.add_argument("--require-full", action="store_true", help="exit with status 1 unless every required bar is stored")
     p.add_argument("--max-ranges", type=int, default=50, help="missing ranges to print (default 50)")

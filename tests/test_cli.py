@@ -109,3 +109,22 @@ def test_console_script_is_installed(tmp_path):
     out = subprocess.run([exe, "--store", str(tmp_path / "s.duckdb"), "data", "list"], capture_output=True, text=True)
     assert out.returncode == 2 and "no store at" in out.stderr and "make demo" in out.stderr
     assert "data" in subprocess.run([exe, "--help"], capture_output=True, text=True, check=True).stdout
+
+
+def test_every_command_group_prints_its_help():
+    """argparse formats help texts with %: a stray % in one subcommand's help breaks its group's --help."""
+    import contextlib
+    import io
+
+    from qlab.cli import build_parser
+
+    def walk(parser, path):
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out), contextlib.suppress(SystemExit):
+            parser.parse_args([*path, "--help"])
+        assert "usage:" in out.getvalue(), path
+        for action in parser._subparsers._group_actions if parser._subparsers else []:
+            for sub in action.choices.values():
+                walk(sub, [])  # each subparser on its own
+
+    walk(build_parser(), [])
