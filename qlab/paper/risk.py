@@ -3,8 +3,9 @@ target, an order-rate limit, a stale-data guard, and a kill switch on daily loss
 
 `RiskManager.check_entry` sizes the room an entry has (a notional and a quantity cap the broker honours at
 fill time) or rejects it with a rule and a reason; every rejection becomes a "risk" event in the journal.
-Exits are never refused. The kill switch (`on_mark`) fires once: the trader cancels every order, flattens
-every position and refuses new entries from then on. The manager's memory (order times, equity peak, day
+Exits are never refused. The kill switch (`on_mark`): the trader cancels every order and flattens every
+position; after max_drawdown it refuses new entries for the rest of the run, after max_daily_loss for the rest
+of that UTC day (trading resumes the next day, as a daily loss limit is meant to work). The manager's memory (order times, equity peak, day
 start) is a fold over the journal's events, so it survives restarts.
 """
 
@@ -72,7 +73,9 @@ class RiskManager:
         self.peak = -math.inf
         self.day: str | None = None
         self.day_start = math.nan
-        self.killed = False
+        self.killed = False  # max_drawdown fired: no new entries for the rest of the run
+        self.halted_day: str | None = None  # max_daily_loss fired on this UTC day: no new entries until the next one
+        self.last_rule = ""  # the limit behind on_mark's last kill reason
 
     def apply(self, ev: Event) -> None:
         """Remember order times, the equity peak and the day's starting equity."""
@@ -87,7 +90,10 @@ class RiskManager:
                 self.day, self.day_start = day, self._last_equity if hasattr(self, "_last_equity") else equity
             self._last_equity = equity
         elif ev.kind == "kill":
-            self.killed = True
+            if ev.payload.get("rule") == "max_daily_loss":
+                self.halted_day = (ev.ts or "")[:10]
+            else:
+                self.killed = True
 
     def check_order_rate(self, now: pd.Timestamp) -> Verdict:
         """Refuse when `max_orders_per_minute` orders were already sent in the minute before `now`."""
@@ -105,6 +111,9 @@ class RiskManager:
         lim = self.limits
         if self.killed or state.killed:
             return Verdict(False, rule="kill_switch", reason="the kill switch fired earlier in this run; no new entries")
+        if self.halted_day is not None and data_time.strftime("%Y-%m-%d") <= self.halted_day:
+            return Verdict(False, rule="kill_switch", reason=f"max_daily_loss halted trading for {self.halted_day} (UTC); "
+                                                              "entries resume at the next UTC day")
         age = (now - data_time).total_seconds()
         if lim.max_data_age is not None and age > lim.max_data_age:
             return Verdict(False, rule="stale_data", reason=f"latest bar closed {age:.0f} s ago, limit {lim.max_data_age:.0f} s")
@@ -137,10 +146,14 @@ class RiskManager:
         lim = self.limits
         if self.killed:
             return ""
+        self.last_rule = "max_drawdown"
         if lim.max_drawdown is not None and self.peak > 0 and (self.peak - equity) / self.peak >= lim.max_drawdown:
             return (f"drawdown {(self.peak - equity) / self.peak:.2%} from the peak {self.peak:.2f} reached "
                     f"max_drawdown {lim.max_drawdown:.2%}")
-        if lim.max_daily_loss is not None and self.day_start > 0 and (self.day_start - equity) / self.day_start >= lim.max_daily_loss:
+        self.last_rule = "max_daily_loss"
+        halted_today = self.halted_day is not None and self.halted_day >= (self.day or "")
+        if (lim.max_daily_loss is not None and not halted_today and self.day_start > 0
+                and (self.day_start - equity) / self.day_start >= lim.max_daily_loss):
             return (f"daily loss {(self.day_start - equity) / self.day_start:.2%} since the day's start {self.day_start:.2f} "
                     f"reached max_daily_loss {lim.max_daily_loss:.2%}")
         return ""

@@ -139,7 +139,7 @@ class AccountState:
         self.funding_paid += pay
 
     def _on_kill(self, p: dict, ts: str | None) -> None:
-        self.killed = True
+        self.killed = self.killed or p.get("rule") != "max_daily_loss"  # a daily-loss halt ends with its UTC day
 
     def _on_mark(self, p: dict, ts: str | None) -> None:
         for symbol, peak in p.get("peaks", {}).items():

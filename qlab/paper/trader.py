@@ -258,7 +258,7 @@ class PaperTrader:
         """The kill switch: record it, cancel every working order, flatten every position (market, next open)."""
         st = self.broker.state
         bar = st.bar
-        self._emit(Event("kill", {"bar": bar, "reason": reason}, st.ts))
+        self._emit(Event("kill", {"bar": bar, "reason": reason, "rule": self.risk.last_rule}, st.ts))
         for cid in list(st.orders):
             await self.broker.cancel(cid, "kill_switch", bar)
         for sym, pos in list(st.positions.items()):

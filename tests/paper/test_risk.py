@@ -103,6 +103,28 @@ def test_daily_loss_kill_switch_uses_the_day_start():
     assert len(kills) == 1 and kills[0]["bar"] == 7
 
 
+def test_a_daily_loss_halt_ends_with_its_utc_day():
+    # 6h bars: day 1 = bars 0-3, day 2 = 4-7, day 3 = 8-11. The signal at bar 3 buys 100 units at bar 4's open (100);
+    # bar 5 closes at 97: 3 % below day 2's start (10 000) -> halt at bar 5, flattened at bar 6's open. The signal at
+    # bar 6 (still day 2) is refused; the one at bar 9 (day 3) is taken and fills at bar 10's open.
+    frame = candles([100.0] * 5 + [97.0] * 7, freq="6h")
+
+    def fn(window):
+        out = pd.DataFrame(False, index=window.index, columns=["entry_long", "exit_long", "entry_short", "exit_short"])
+        for k in (3, 6, 9):
+            out.loc[out.index == frame.index[k], "entry_long"] = True
+        return out
+
+    res = paper_trade(fn, frame, costs=None, warmup=0, lookback=3, risk=RiskLimits(max_daily_loss=0.02))
+    kills = [e for e in res.events if e.kind == "kill"]
+    assert len(kills) == 1 and kills[0]["rule"] == "max_daily_loss" and kills[0]["bar"] == 5
+    rej = res.rejections()
+    assert list(rej["bar"].astype(int)) == [6] and "next UTC day" in rej.iloc[0]["reason"]
+    entries = [f for f in res.fills.to_dict("records") if f["kind"] == "entry"]
+    assert [int(f["bar"]) for f in entries] == [4, 10]
+    assert not res.state.killed
+
+
 def _hourly_entry():
     def fn(window):
         out = pd.DataFrame(False, index=window.index, columns=["entry_long", "exit_long", "entry_short", "exit_short"])
