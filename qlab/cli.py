@@ -436,10 +436,22 @@ def _sync_watchlist(args: argparse.Namespace) -> int:
 
     from qlab.data.coverage import coverage, load_watchlist
     from qlab.data.failover import sync_watchlist
+    from qlab.data.usage import StoreUsageSink, resume_budget
+    from qlab.exchange.ratelimit import UsageMeter
 
     watchlist = load_watchlist(args.watchlist)
+    budget, meters = _sync_budget(args), []
     with _store(args) as store:
-        results = asyncio.run(sync_watchlist(watchlist, store))
+        if budget is not None:  # one budget for --key-id across the exchanges, continued from the ledger like `data sync`
+            resume_budget(store, args.key_id, budget)
+        sink = StoreUsageSink(store)
+
+        def meter_for(client):
+            meters.append(UsageMeter.for_client(client, args.key_id, rate=args.rate, budget=budget, sink=sink,
+                                                over_budget=args.over_budget))
+            return meters[-1]
+
+        results = asyncio.run(sync_watchlist(watchlist, store, meter_factory=meter_for))
         report = coverage(store, watchlist, score=False)
     for (exchange, timeframe), result in results.items():
         by_source = "; ".join(f"{src}: {sum(per.values())}" for src, per in result.written.items() if sum(per.values()))
@@ -448,6 +460,64 @@ def _sync_watchlist(args: argparse.Namespace) -> int:
             if event.kind in ("down", "stale", "recovered"):
                 print(f"  {event.at:%H:%M:%S} {event.source} {event.kind}: {event.detail[:160]}")
     print(f"coverage now {report.percent:.4f} % of the watch list's required bars")
+    used = {k: sum(m.summary()[k] for m in meters) for k in ("calls", "errors", "rate_limited")}
+    print(f"{used['calls']} API calls ({used['errors']} errors, {used['rate_limited']} rate-limited) recorded under key "
+          f"{args.key_id!r}; see `qlab api usage`")
+    return 0
+
+
+def cmd_record(args: argparse.Namespace) -> int:
+    """`qlab data record`: stream closed bars into the store until Ctrl-C or --bars, backfilling gaps by REST; with
+    --backup, fail over to the backup exchanges' streams and back (qlab.data.live_failover)."""
+    import asyncio
+
+    from qlab.data.live import RecordStats, record_bars
+    from qlab.data.live_failover import FailoverRecordStats, record_with_failover
+    from qlab.errors import ConfigError
+    from qlab.exchange import ccxt_client, stream
+    from qlab.exchange.stream import Backoff
+
+    ids = [args.exchange] + [b.strip() for b in (args.backup or "").split(",") if b.strip()]
+    if args.bars is not None and args.bars < 1:
+        raise ConfigError(f"--bars {args.bars}: give a positive number of bars, or leave it out to record until Ctrl-C")
+    stats = FailoverRecordStats() if len(ids) > 1 else RecordStats()
+    reconnect = Backoff(max_tries=args.reconnect_tries)
+
+    def show(bar, source: str = "") -> None:
+        if not args.quiet:
+            print(f"{bar.ts:%Y-%m-%d %H:%M} {args.symbol} {args.timeframe} o={bar.open:g} h={bar.high:g} l={bar.low:g} "
+                  f"c={bar.close:g} v={bar.volume:g}" + (f" [{source}]" if source else ""), flush=True)
+
+    async def run(store) -> None:
+        clients = []
+        try:
+            sources = []
+            for exchange_id in ids:
+                clients.append(stream.make_stream_client(exchange_id, args.mode))
+                clients.append(ccxt_client.make_client(exchange_id, {}, args.mode))
+                sources.append((clients[-2], clients[-1], exchange_id))
+            if len(sources) == 1:
+                await record_bars(*sources[0][:2], store, args.exchange, args.symbol, args.timeframe, stop_after=args.bars,
+                                  reconnect=reconnect, stats=stats, on_bar=show)
+            else:
+                await record_with_failover(sources, store, args.exchange, args.symbol, args.timeframe, stop_after=args.bars,
+                                           stale_bars=args.stale_bars, probe_every=args.probe_every, reconnect=reconnect,
+                                           stats=stats, on_bar=show)
+        finally:
+            for client in clients:
+                await client.close()
+
+    with _store(args) as store:
+        try:
+            asyncio.run(run(store))
+        except KeyboardInterrupt:
+            print("stopped (Ctrl-C); every bar written so far is kept")
+    by_source = getattr(stats, "by_source", {})
+    print(f"recorded {stats.written} bars of {args.exchange} {args.symbol} {args.timeframe} into {store.path} "
+          f"({stats.streamed} streamed, {stats.backfilled} backfilled by REST, {stats.reconnects} reconnects"
+          + (", by source: " + ", ".join(f"{k} {v}" for k, v in by_source.items()) if by_source else "") + ")")
+    if stats.unfilled:
+        print(f"{len(stats.unfilled)} range(s) no source could fill; run `qlab data sync` for them later")
     return 0
 
 
@@ -715,6 +785,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warn-only", action="store_true", help="budget limits warn at 50/80/100 %% but never refuse")
     p.add_argument("--over-budget", action="store_true", help="go past a spent budget for this run")
     p.set_defaults(func=cmd_sync)
+
+    p = data.add_parser("record", help="record a live candle stream (WebSocket) into the store until Ctrl-C or --bars, "
+                                       "backfilling missed bars by REST; --backup fails over to other exchanges")
+    p.add_argument("--exchange", required=True, help="the primary exchange; the series is stored under its name")
+    p.add_argument("--symbol", required=True, help="ccxt unified symbol, e.g. BTC/USDT:USDT")
+    p.add_argument("--timeframe", default="1m", help="bar size (default 1m)")
+    p.add_argument("--backup", help="comma-separated exchanges to fail over to, in order, e.g. binance,kucoin")
+    p.add_argument("--bars", type=int, help="stop after this many bars are written (default: run until Ctrl-C)")
+    p.add_argument("--mode", default="live", help="live, testnet or demo (default live; public streams need no keys)")
+    p.add_argument("--stale-bars", type=int, default=3, help="with --backup: fail over after this many bar intervals "
+                                                            "without a closed bar (default 3)")
+    p.add_argument("--probe-every", type=float, default=60.0, help="with --backup: seconds between probes of a failed "
+                                                                   "higher exchange before switching back (default 60)")
+    p.add_argument("--reconnect-tries", type=int, default=5, help="reconnects in a row before a stream counts as down "
+                                                                  "(default 5)")
+    p.add_argument("--quiet", action="store_true", help="no line per bar")
+    p.set_defaults(func=cmd_record)
 
     p = data.add_parser("coverage", help="per watch-list series: %% of required bars stored, missing ranges, quality score")
     p.add_argument("--watchlist", help="YAML watch list (default $QLAB_HOME/watchlist.yaml; see data/watchlist.example.yaml)")

@@ -28,7 +28,7 @@ from qlab.data.candles import timeframe_delta
 from qlab.data.coverage import expected_window
 from qlab.data.store import Store
 from qlab.data.sync import sync_candles
-from qlab.errors import ConfigError, ExchangeDownError, NetworkError, NotFoundError, RateLimitError
+from qlab.errors import BudgetExceededError, ConfigError, ExchangeDownError, NetworkError, NotFoundError, RateLimitError
 from qlab.exchange.ccxt_exchange import CcxtExchange
 from qlab.exchange.retry import call_with_retry, fetch_ohlcv_checked
 
@@ -146,6 +146,20 @@ class Failover:
             return False
         return await self._probe(name, source, symbol, timeframe, at_ms, retry)
 
+    def mark(self, name: str, status: str, reason: str) -> None:
+        """Record that source `name` went 'down' or 'stale' (why), so it is skipped until a probe passes."""
+        self._mark(name, status, reason)
+
+    def note(self, source: str, kind: str, detail: str = "") -> None:
+        """Append an event of another kind (the live recorder's 'stream' switches) to `events`."""
+        self._event(source, kind, detail)
+
+    async def usable(self, name: str, symbol: str, timeframe: str, at_ms: int, retry: dict[str, Any] | None = None) -> bool:
+        """True when source `name` is 'ok', or is due a probe (every `probe_every` s) and answers with a bar at or
+        after `at_ms` (it is then 'ok' again, a 'recovered' event)."""
+        source = dict(self.sources)[name]
+        return await self._usable(name, source, symbol, timeframe, at_ms, dict(retry or {}))
+
     def _newest(self, store: Store, name: str, symbol: str, timeframe: str, lo: pd.Timestamp, hi: pd.Timestamp) -> pd.Timestamp | None:
         try:
             return store.candles(name, symbol, timeframe, lo, hi).index[-1]
@@ -158,7 +172,9 @@ class Failover:
         """Sync [since, until) of `symbols` into the series stored as `name` (default: the first source's name).
 
         Raises ExchangeDownError naming every source when all of them failed on the same chunk (the pages stored
-        so far stay; a rerun resumes). Bars that no source has are left missing and listed in `incomplete`.
+        so far stay; a rerun resumes), or BudgetExceededError when each of them failed on a spent budget (one budget
+        shared by every source, as `qlab data sync --watchlist` has). Bars that no source has are left missing and
+        listed in `incomplete`.
         """
         symbols = list(dict.fromkeys(symbols))
         if not symbols:
@@ -177,6 +193,7 @@ class Failover:
             end = min(stop, cursor + chunk)
             last_expected = cursor + ((end - cursor - pd.Timedelta(1, "ns")) // step) * step
             errors: list[str] = []
+            budget_only = True  # every failure on this chunk was a spent budget (then that is the error raised)
             done = stale = False
             for source_name, source in self.sources:
                 at_ms = int(cursor.value // 1_000_000)
@@ -187,10 +204,12 @@ class Failover:
                     self.active = source_name
                 view = SourcedStore(store, source_name)
                 try:
-                    await sync_candles(_client(source), view, name, symbols, timeframe, cursor, end, now=now_ts,
+                    # ceil: expected_window's stop is 1 ns past the last open time, which sync_candles' ms would drop
+                    await sync_candles(_client(source), view, name, symbols, timeframe, cursor, end.ceil("ms"), now=now_ts,
                                        page_limit=page_limit, retry=retry, meter=getattr(source, "meter", None))
                 except FAILOVER_ERRORS as exc:
                     errors.append(f"{source_name}: {exc}")
+                    budget_only = budget_only and isinstance(exc, BudgetExceededError)
                     self._mark(source_name, "down", str(exc))
                     continue
                 finally:
@@ -209,6 +228,8 @@ class Failover:
                 reasons = errors + [f"{s.name}: {s.status} ({s.reason})" for s in self.states.values()
                                     if s.status != "ok" and not any(e.startswith(s.name + ":") for e in errors)]
                 result.events = self.events[first_event:]
+                if errors and budget_only:
+                    raise BudgetExceededError("; ".join(errors) + " (the pages stored so far are kept)")
                 raise ExchangeDownError(f"every source failed for {name} {', '.join(symbols)} {timeframe} from {cursor}: "
                                         + "; ".join(reasons) + "; rerun later (stored pages are kept)")
             if not done:
@@ -220,10 +241,14 @@ class Failover:
 
 async def sync_watchlist(watchlist: Any, store: Store, *, client_factory: Callable[[str], Any] | None = None,
                          now: Any = None, retry: dict[str, Any] | None = None, probe_every: float = 60.0,
-                         page_limit: int | None = None) -> dict[tuple[str, str], FailoverResult]:
+                         page_limit: int | None = None, meter_factory: Callable[[Any], Any] | None = None,
+                         ) -> dict[tuple[str, str], FailoverResult]:
     """Fill what a watch list (qlab.data.coverage) is missing: every entry's timeframes synced with failover across
     its exchange and fallbacks. `client_factory(exchange_id)` makes a ccxt async client (default: a public live one);
-    the clients are closed here. Returns the FailoverResult per (entry exchange, timeframe)."""
+    `meter_factory(client)` may return a UsageMeter (qlab.exchange.ratelimit) attached to that client for the whole
+    run, so every request, probes included, is rate limited, counted against its budget and written to the ledger.
+    The clients are closed here (their meters detached and flushed first). Returns the FailoverResult per (entry
+    exchange, timeframe)."""
     if client_factory is None:
         from qlab.exchange.ccxt_client import make_client
 
@@ -231,10 +256,15 @@ async def sync_watchlist(watchlist: Any, store: Store, *, client_factory: Callab
             return make_client(exchange_id, {}, "live")
 
     clients: dict[str, Any] = {}
+    meters: list[tuple[Any, Any]] = []
     results: dict[tuple[str, str], FailoverResult] = {}
     try:
         for name in watchlist.exchanges():
             clients[name] = client_factory(name)
+            meter = meter_factory(clients[name]) if meter_factory is not None else None
+            if meter is not None:
+                meter.attach(clients[name])
+                meters.append((meter, clients[name]))
         for entry in watchlist.entries:
             failover = Failover([(n, clients[n]) for n in entry.sources], stale_bars=entry.stale_bars, probe_every=probe_every)
             for timeframe in entry.timeframes:
@@ -250,6 +280,9 @@ async def sync_watchlist(watchlist: Any, store: Store, *, client_factory: Callab
                 else:
                     results[(entry.exchange, timeframe)] = result
     finally:
+        for meter, client in meters:
+            meter.detach(client)
+            meter.flush()
         for client in clients.values():
             await client.close()
     return results

@@ -242,3 +242,110 @@ def test_cli_sync_watchlist_fills_the_gaps_with_failover_and_coverage_reaches_10
     assert "bybit 1h: 300 new rows (binance: 300)" in out and "bybit down" in out and "coverage now 100.0000 %" in out
     with Store(store) as s:
         _check_stored(s, served, ["binance"] * 300)
+
+
+def test_three_sources_bybit_and_binance_down_kucoin_serves_then_bybit_comes_back(tmp_path):
+    """bybit -> binance -> kucoin against three fakes speaking each exchange's REST (the fake's KuCoin paging)."""
+    served = _served()
+
+    async def main():
+        async with FakeExchange() as fa, FakeExchange() as fb, FakeExchange() as fk:
+            for fake in (fa, fb, fk):
+                fake.add_candles(SYMBOL, TF, served)
+            clients = [fake.point(cls({"enableRateLimit": False, "timeout": 2000}))
+                       for fake, cls in ((fa, ccxt.bybit), (fb, ccxt.binance), (fk, ccxt.kucoin))]
+            # bybit: chunk 1 in 2 pages, then 503 on both tries of chunk 2 and on the probe before chunk 3; back for chunk 4
+            _fault_from(fa, nth=3, kind="503", times=3)
+            fb.inject("/api/v3/klines", "503", times=1000)  # binance is down throughout
+            failover = Failover([("bybit", clients[0]), ("binance", clients[1]), ("kucoin", clients[2])], probe_every=0)
+            try:
+                with Store(tmp_path / "s.duckdb") as store:
+                    result = await failover.sync(store, "bybit", [SYMBOL], TF, *_window(served), chunk_bars=100,
+                                                 page_limit=50, retry=RETRY)
+                    _check_stored(store, served, ["bybit"] * 100 + ["kucoin"] * 200 + ["bybit"] * 300)
+                    summary = store.sources("bybit", SYMBOL, TF)
+                return result, summary, [f.count(p) for f, p in ((fa, KLINE), (fb, "/api/v3/klines"),
+                                                                   (fk, "/api/v1/market/candles"))]
+            finally:
+                for client in clients:
+                    await client.close()
+
+    result, summary, calls = asyncio.run(main())
+    assert result.written == {"bybit": {SYMBOL: 400}, "binance": {}, "kucoin": {SYMBOL: 200}}
+    assert [(e.source, e.kind) for e in result.events] == [
+        ("bybit", "switched"), ("bybit", "down"), ("binance", "switched"), ("binance", "down"), ("kucoin", "switched"),
+        ("bybit", "recovered"), ("bybit", "switched")]
+    # bybit: 2 pages + 2 failed tries + failed probe + passed probe + 6 pages; binance: 2 failed tries + 1 failed probe;
+    # kucoin: 2 chunks of 2 pages
+    assert calls == [2 + 2 + 1 + 1 + 6, 2 + 1, 4]
+    assert list(summary["source"]) == ["bybit", "kucoin", "bybit"] and list(summary["rows"]) == [100, 200, 300]
+    assert not result.incomplete
+
+
+def _cli_with_fakes(tmp_path, monkeypatch, served, inject, runs):
+    """Run `qlab` commands (each a list of args after --store) against two fakes standing for bybit and binance, from a
+    background loop; returns (exit codes, {exchange: the requests that reached its fake}, store path)."""
+    import threading
+
+    from qlab.cli import main
+    from qlab.exchange import ccxt_client
+    from qlab.exchange import retry as retry_module
+
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    fakes = {"bybit": FakeExchange(), "binance": FakeExchange()}
+    for fake in fakes.values():
+        asyncio.run_coroutine_threadsafe(fake.start(), loop).result(10)
+        fake.add_candles(SYMBOL, TF, served)
+    inject(fakes)
+    monkeypatch.setattr(ccxt_client, "make_client", lambda exchange_id, credentials, mode: fakes[exchange_id].point(
+        getattr(ccxt, exchange_id)({"enableRateLimit": False, "timeout": 2000})))
+    monkeypatch.setattr(retry_module, "_RNG", type("NoJitter", (), {"uniform": staticmethod(lambda a, b: 0.0)})())
+    since, until = _window(served)
+    watch = tmp_path / "watch.yaml"
+    watch.write_text(f"entries:\n  - {{exchange: bybit, fallback: [binance], symbols: ['{SYMBOL}'], timeframes: [{TF}], "
+                     f"since: '{since.isoformat()}', until: '{until.isoformat()}'}}\n")
+    store = str(tmp_path / "s.duckdb")
+    codes = []
+    try:
+        for args in runs:
+            codes.append(main(["--store", store, "data", "sync", "--watchlist", str(watch), *args]))
+    finally:
+        for fake in fakes.values():
+            asyncio.run_coroutine_threadsafe(fake.stop(), loop).result(10)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(5)
+    return codes, {name: list(fake.requests) for name, fake in fakes.items()}, store
+
+
+def test_cli_sync_watchlist_records_every_request_in_the_usage_ledger(tmp_path, monkeypatch, capsys):
+    served = _served().iloc[:300]
+
+    def inject(fakes):
+        fakes["bybit"].inject(KLINE, "503", times=1000)  # bybit is down: binance serves, bybit's tries are errors
+
+    codes, requests, store = _cli_with_fakes(tmp_path, monkeypatch, served, inject, [["--key-id", "pub"]])
+    assert codes == [0]
+    with Store(store) as s:
+        ledger = s.usage("pub")
+        _check_stored(s, served, ["binance"] * 300)
+    assert ledger.groupby("exchange").size().to_dict() == {name: len(reqs) for name, reqs in requests.items()}
+    failed = sum(r.fault is not None for reqs in requests.values() for r in reqs)
+    assert failed >= 2 and (ledger["status"] != "ok").sum() == failed  # every 503 is in the ledger as an error
+    total = sum(len(reqs) for reqs in requests.values())
+    assert f"{total} API calls ({failed} errors" in capsys.readouterr().out
+
+
+@pytest.mark.filterwarnings("ignore::qlab.exchange.ratelimit.BudgetWarning")  # the 50/80/100 % warnings on the way
+def test_cli_sync_watchlist_stops_at_the_budget_and_a_rerun_continues_it_from_the_ledger(tmp_path, monkeypatch, capsys):
+    served = _served().iloc[:300]
+    limit = 4  # fewer calls than loading both exchanges' markets and the candles take
+
+    codes, requests, store = _cli_with_fakes(tmp_path, monkeypatch, served, lambda fakes: None,
+                                             [["--calls-per-day", str(limit)]] * 2)
+    assert codes == [2, 2]
+    assert "budget" in capsys.readouterr().err
+    assert sum(len(reqs) for reqs in requests.values()) == limit  # the second run made no request at all: the ledger already holds 4 today
+    with Store(store) as s:
+        assert len(s.usage("public")) == limit
