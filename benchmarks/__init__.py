@@ -17,7 +17,8 @@ from typing import Any
 
 # Modules holding @section functions, run in this order.
 SECTION_MODULES: tuple[str, ...] = ("benchmarks.store_bench", "benchmarks.engine_bench", "benchmarks.optimize_bench", "benchmarks.ml_bench",
-                                     "benchmarks.montecarlo_bench", "benchmarks.paper_bench")
+                                     "benchmarks.montecarlo_bench", "benchmarks.paper_bench", "benchmarks.alerts_bench",
+                                     "benchmarks.dashboard_bench")
 
 
 @dataclass(frozen=True)

@@ -61,3 +61,13 @@ def test_quick_benchmark_writes_markdown(tmp_path: Path) -> None:
     assert re.search(rf"\| 10,000 1m bars × 45 pairs \| {NUMBER} (?:µs|ms|s) \(median of 3\) \|", sweep), sweep
     assert "cache load" in _row(text, "↳ numba, fresh process (2,000 bars, 6 pairs)")
     assert "same closed-trade count for all 45 pairs" in text
+
+    assert "## Alert delivery" in text  # real SMTP/HTTP servers on 127.0.0.1; a server that cannot start is reported
+    for channel in ("email, plain SMTP", "webhook, Slack", "SMS gateway (Twilio-style)", "dashboard (in memory)"):
+        row = _row(text, channel)
+        assert re.search(rf"\| 5 \| {NUMBER} (?:µs|ms|s) \| {NUMBER} (?:µs|ms|s) \| {NUMBER} (?:µs|ms|s) \| < 10 s \| (pass|\*\*miss\*\*)",
+                         row) or "not run: " in row, row
+    assert "## Dashboard in the browser" in text
+    dashboard = text.split("## Dashboard in the browser", 1)[1]
+    assert dashboard.lstrip().startswith(("skipped: ", "not measured: ")) or re.search(
+        rf"\| {NUMBER} ms median, {NUMBER} ms max \| < 100 ms \| (pass|\*\*miss\*\*) \|", _row(dashboard, "widget redraw")), dashboard[:500]
