@@ -43,6 +43,14 @@ STOP_DIRECTION_PARAM: dict[str, tuple[str, dict[str, str], tuple[str, ...]]] = {
 }
 # exchanges whose "all symbols" order and fill queries cover one market type per call: the ccxt `type` values to ask
 ACCOUNT_QUERY_TYPES: dict[str, tuple[str, ...]] = {"bybit": ("spot", "swap")}
+# how each exchange looks an order up by its client order id, per ccxt's implementation: "fetch_order" passes the param
+# to fetchOrder (Binance: GET /api/v3/order?origClientOrderId=), "lists" filters the open then the closed orders
+# (Bybit v5: /v5/order/{realtime,history}?orderLinkId=, as its fetchOrder always sends an orderId); configuration
+CLIENT_ID_LOOKUP: dict[str, tuple[str, str]] = {
+    "binance": ("fetch_order", "origClientOrderId"),
+    "bybit": ("lists", "orderLinkId"),
+}
+DEFAULT_CLIENT_ID_LOOKUP = ("fetch_order", "clientOrderId")  # ccxt's unified param name
 
 
 def to_ms(when: pd.Timestamp | int | float | str | None) -> int | None:
@@ -138,6 +146,8 @@ class CcxtExchange:
         if not isinstance(fetch_order_options, dict):
             client.options["fetchOrder"] = fetch_order_options = {}
         fetch_order_options.setdefault("acknowledged", True)
+        # Binance refuses open-order queries without a symbol unless told the (heavier) call is meant
+        client.options.setdefault("warnOnFetchOpenOrdersWithoutSymbol", False)
 
     def __repr__(self) -> str:
         loaded = len(self._markets) if self._markets is not None else "not loaded"
@@ -335,6 +345,27 @@ class CcxtExchange:
         self.capabilities.require("fetch_order")
         await self._market(symbol)
         return to_order(await self._call("fetch_order", order_id, symbol), symbol)
+
+    async def fetch_order_by_client_id(self, client_id: str, symbol: str) -> Order | None:
+        """The order placed with client order id `client_id` (open or recently finished), or None when the exchange
+        knows no such order: what a restarted trader asks before re-sending an order it may have sent already."""
+        self.capabilities.require("fetch_order")
+        await self._market(symbol)
+        if not client_id:
+            raise ConfigError("fetch_order_by_client_id needs a non-empty client id (the one given to create_order)")
+        how, param = CLIENT_ID_LOOKUP.get(self.id, DEFAULT_CLIENT_ID_LOOKUP)
+        if how == "lists":
+            for method in ("fetch_open_orders", "fetch_closed_orders"):
+                rows = await self._call(method, symbol, None, None, {param: client_id})
+                found = [o for o in rows if o.get("clientOrderId") == client_id]
+                if found:
+                    return to_order(found[-1], symbol)
+            return None
+        try:
+            raw = await self._call("fetch_order", "", symbol, {param: client_id})
+        except OrderNotFoundError:
+            return None
+        return to_order(raw, symbol)
 
     async def fetch_open_orders(self, symbol: str | None = None) -> list[Order]:
         """Open orders of `symbol`, or of every market when None."""

@@ -26,6 +26,9 @@ Endpoints served (GET unless POST), by exchange -> where the answers come from:
 |                 | /v5/position/list                                                |                              |
 | Binance         | /api/v3/{time,exchangeInfo,klines}, /dapi/v1/exchangeInfo,       | fixtures, add_candles,       |
 |                 | /fapi/v1/{time,exchangeInfo,klines,fundingRate}                  | add_funding                  |
+| Binance spot    | /api/v3/account, POST/GET/DELETE /api/v3/order,                  | add_account, set_price, the  |
+| private (HMAC   | /api/v3/{openOrders,allOrders,myTrades},                         | shared matching engine       |
+| query-signed)   | /sapi/v1/capital/config/getall, /sapi/v1/margin/{,isolated/}allPairs | (fake_binance_private.py) |
 | KuCoin public   | /api/v1/timestamp, /api/v3/currencies, /api/v2/symbols,          | fixtures, add_candles        |
 |                 | /api/v1/contracts/active, /api/v1/market/{allTickers,candles,    | (fake_kucoin.py)             |
 |                 |   stats,histories,orderbook/level2_20,orderbook/level2_100}      |                              |
@@ -52,6 +55,7 @@ import pandas as pd
 from aiohttp import web
 
 from qlab.errors import ConfigError, NotFoundError, did_you_mean
+from qlab.exchange.fake_binance_private import BinancePrivateMixin
 from qlab.exchange.fake_kucoin import KucoinPublicMixin
 from qlab.exchange.fake_private import BybitPrivateMixin
 
@@ -103,7 +107,7 @@ def _envelope(result: Any, ret_code: int = 0, msg: str = "OK") -> dict[str, Any]
     return {"retCode": ret_code, "retMsg": msg, "result": result, "retExtInfo": {}, "time": int(time.time() * 1000)}
 
 
-class FakeExchange(BybitPrivateMixin, KucoinPublicMixin):
+class FakeExchange(BybitPrivateMixin, BinancePrivateMixin, KucoinPublicMixin):
     """Loopback Bybit v5 / Binance / KuCoin REST server for ccxt tests; start with ``async with`` or ``await start()``.
 
     ``api_key`` / ``api_secret`` register one account (10000 USDT); ``add_account`` adds more. ``half_spread`` is the
@@ -139,6 +143,7 @@ class FakeExchange(BybitPrivateMixin, KucoinPublicMixin):
         self._runner: web.AppRunner | None = None
         self.port: int | None = None
         self._init_private(api_key, api_secret, half_spread)
+        self._init_binance_private()
         self._init_kucoin()
 
     # ------------------------------------------------------------------ lifecycle
@@ -167,6 +172,7 @@ class FakeExchange(BybitPrivateMixin, KucoinPublicMixin):
         app.router.add_get("/v5/market/funding/history", self._funding_history)
         app.router.add_get("/fapi/v1/fundingRate", self._binance_funding)
         self._add_private_routes(app)
+        self._add_binance_private_routes(app)
         self._add_kucoin_routes(app)
         self._runner = web.AppRunner(app, shutdown_timeout=0.5)
         await self._runner.setup()

@@ -64,6 +64,7 @@ class FakeOrder:
     fee_coin: str = ""
     created: int = 0
     updated: int = 0
+    venue: str = "bybit"  # "binance": placed through the Binance spot routes (fake_binance_private.py)
 
 
 @dataclass(frozen=True)
@@ -82,6 +83,7 @@ class FakeFill:
     fee_rate: float
     maker: bool
     time: int
+    venue: str = "bybit"
 
 
 def _ms() -> int:
@@ -96,6 +98,7 @@ class BybitPrivateMixin:
     """Accounts, prices, orders and fills of the fake exchange, and the Bybit v5 private routes over them."""
 
     markets: dict[str, dict[str, Any]]
+    binance_markets: dict[str, dict[str, Any]]
     _by_id: dict[tuple[str, str], str]
     _candles: dict[tuple[str, str], Any]
 
@@ -145,8 +148,9 @@ class BybitPrivateMixin:
 
     def set_price(self, symbol: str, price: float) -> list[FakeFill]:
         """Move `symbol` to `price`: fires the stops it crosses and fills the limit orders it reaches; returns the fills."""
-        if symbol not in self.markets:
-            raise NotFoundError(f"symbol {symbol!r} is not in the fake's Bybit markets.{did_you_mean(symbol, self.markets)}")
+        if symbol not in self.markets and symbol not in self.binance_markets:
+            known = set(self.markets) | set(self.binance_markets)
+            raise NotFoundError(f"symbol {symbol!r} is not in the fake's markets.{did_you_mean(symbol, known)}")
         self.prices[symbol] = float(price)
         before = len(self.fills)
         for order in [o for o in self.orders if o.symbol == symbol and o.status in ("New", "Untriggered")]:
@@ -154,15 +158,19 @@ class BybitPrivateMixin:
         return self.fills[before:]
 
     # ------------------------------------------------------------------ engine
-    def _fee_rate_of(self, symbol: str, maker: bool) -> float:
-        m = self.markets[symbol]
+    def _market_meta(self, symbol: str, venue: str = "bybit") -> dict[str, Any]:
+        """The fixture market (base, quote, settle, fee rates) of `symbol` on the venue an order was placed through."""
+        return self.binance_markets[symbol] if venue == "binance" else self.markets[symbol]
+
+    def _fee_rate_of(self, symbol: str, maker: bool, venue: str = "bybit") -> float:
+        m = self._market_meta(symbol, venue)
         return float(m.get("maker" if maker else "taker") or (0.001 if m.get("spot") else 0.00055))
 
     def _spot_locked(self, account: FakeAccount) -> dict[str, float]:
         locked: dict[str, float] = {}
         for o in self.orders:
             if o.key == account.key and o.category == "spot" and o.status in ("New", "Untriggered"):
-                m = self.markets[o.symbol]
+                m = self._market_meta(o.symbol, o.venue)
                 left = o.qty - o.filled
                 if o.side == "Buy":
                     px = o.price if o.order_type == "Limit" else (o.trigger_price or 0) * (1 + self.half_spread)
@@ -184,7 +192,7 @@ class BybitPrivateMixin:
 
     def _check_funds(self, account: FakeAccount, order: FakeOrder, px: float) -> tuple[int, str] | None:
         """Bybit's retCode and message when the account cannot afford `order` at `px`, else None."""
-        m = self.markets[order.symbol]
+        m = self._market_meta(order.symbol, order.venue)
         if order.category == "spot":
             locked = self._spot_locked(account)
             if order.side == "Buy":
@@ -206,14 +214,14 @@ class BybitPrivateMixin:
 
     def _fill(self, order: FakeOrder, px: float, maker: bool) -> None:
         account = self.accounts[order.key]
-        m = self.markets[order.symbol]
+        m = self._market_meta(order.symbol, order.venue)
         qty = order.qty - order.filled
-        rate = self._fee_rate_of(order.symbol, maker)
+        rate = self._fee_rate_of(order.symbol, maker, order.venue)
         sign = 1.0 if order.side == "Buy" else -1.0
         bal = account.balances
         if order.category == "spot":
             base, quote = m["base"], m["quote"]
-            if order.side == "Buy":  # Bybit spot: buys pay the fee in the coin received
+            if order.side == "Buy":  # Bybit and Binance spot: buys pay the fee in the coin received
                 fee, order.fee_coin = qty * rate, base
                 bal[quote] = bal.get(quote, 0.0) - qty * px
                 bal[base] = bal.get(base, 0.0) + qty - fee
@@ -241,7 +249,7 @@ class BybitPrivateMixin:
         order.filled, order.value, order.fee = order.qty, order.value + qty * px, order.fee + fee
         order.status, order.updated = "Filled", now
         self.fills.append(FakeFill(str(uuid.uuid4()), order.id, order.key, order.symbol, order.category, order.side,
-                                   px, qty, fee, rate, maker, now))
+                                   px, qty, fee, rate, maker, now, order.venue))
 
     def _match(self, order: FakeOrder, incoming: bool = False) -> None:
         """Trigger and fill `order` as far as the current price allows.
@@ -413,8 +421,8 @@ class BybitPrivateMixin:
 
     def _find(self, account: FakeAccount, body: dict[str, Any]) -> FakeOrder | None:
         oid, link = body.get("orderId"), body.get("orderLinkId")
-        return next((o for o in self.orders if o.key == account.key and ((oid and o.id == oid) or (link and o.link_id == link))),
-                    None)
+        return next((o for o in self.orders if o.key == account.key and o.venue == "bybit"
+                     and ((oid and o.id == oid) or (link and o.link_id == link))), None)
 
     async def _order_cancel(self, request: web.Request) -> web.Response:
         account = await self._auth(request)
@@ -430,7 +438,7 @@ class BybitPrivateMixin:
 
     def _listed(self, account: FakeAccount, q: Any, open_only: bool) -> list[FakeOrder]:
         category, symbol_id = q.get("category", "linear"), q.get("symbol")
-        rows = [o for o in self.orders if o.key == account.key and o.category == category
+        rows = [o for o in self.orders if o.key == account.key and o.category == category and o.venue == "bybit"
                 and (symbol_id is None or self.markets[o.symbol]["id"] == symbol_id)]
         if q.get("orderId") or q.get("orderLinkId"):
             found = self._find(account, dict(q))
@@ -463,7 +471,7 @@ class BybitPrivateMixin:
         category, symbol_id = q.get("category", "linear"), q.get("symbol")
         start = int(q.get("startTime", 0))
         orders = {o.id: o for o in self.orders}
-        rows = [f for f in self.fills if f.key == account.key and f.category == category and f.time >= start
+        rows = [f for f in self.fills if f.key == account.key and f.category == category and f.venue == "bybit" and f.time >= start
                 and (symbol_id is None or self.markets[f.symbol]["id"] == symbol_id)]
         rows = sorted(rows, key=lambda f: f.time, reverse=True)[: int(q.get("limit", 50))]
         out = [{

@@ -21,8 +21,12 @@ What it does with the trader's requests:
     retries leave the order unsent ("broker_error") and it is retried at the next bar; AuthError stops the run
     with a message saying how to fix the key and resume.
   * restarts: journaled events rebuild the state; at the first bar after a restart (and before any re-send)
-    orders without a known exchange id are looked up by client id (open orders, then the account's fills), so an
+    orders without a known exchange id are looked up by client id (`Exchange.fetch_order_by_client_id`), so an
     order the exchange already has is adopted, never placed twice.
+  * spot (Binance spot, Bybit spot): a buy pays its fee in the coin bought, so an entry books the quantity received
+    (filled less the base fee, the fee booked in quote); exits sell the held quantity rounded down to the amount
+    step, and the dust under one step left in the wallet is booked as sold at the exit price (equity unchanged).
+    Where the exchange's order reports no fee (Binance GET /api/v3/order) it is summed from the order's own trades.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import pandas as pd
@@ -79,6 +83,8 @@ class Protective:
 
 class ExchangeBroker:
     """A Broker over a qlab Exchange: real orders with deterministic client ids, fills polled each bar."""
+
+    deterministic = False  # fills come from a real matching engine: a replay of the same bars may differ
 
     def __init__(self, exchange: Any, *, strategy: Any = None, orders: OrderSpec | None = None, size: SizeSpec | None = None,
                  costs: Any = "default", timeframe: str = "1h", cash: float | None = None, quote: str = "USDT",
@@ -141,7 +147,8 @@ class ExchangeBroker:
             self.protect.pop(p["cid"], None)
         elif kind == "fill":
             q, v, f = self.done.get(p["cid"], (0.0, 0.0, 0.0))
-            self.done[p["cid"]] = (q + p["qty"], v + p["qty"] * p["price"], f + p["fee"])
+            gross = p.get("order_qty", p["qty"])  # a spot buy books less than the order filled (its base fee)
+            self.done[p["cid"]] = (q + gross, v + gross * p["price"], f + p["fee"])
         elif kind in ("reject", "broker_error"):
             self.errors.append({"time": ev.ts, "kind": kind, **p})
         self.state.apply(ev)
@@ -208,16 +215,26 @@ class ExchangeBroker:
         return self.exchange.market(self._xsym(symbol)).kind == "spot"
 
     async def _find_by_cid(self, symbol: str, cid: str) -> Order | None:
-        """The exchange's order with client id `cid`: among the open orders, else among the account's recent fills."""
+        """The exchange's order with client id `cid` (open or finished), or None when the exchange has none."""
         xs = self._xsym(symbol)
-        for order in await self._call("fetch_open_orders", self.exchange.fetch_open_orders(xs)):
-            if order.client_id == cid:
-                return order
-        for trade in reversed(await self._call("fetch_my_trades", self.exchange.fetch_my_trades(xs))):
-            info = (trade.raw or {}).get("info") or {} if isinstance(trade.raw, dict) else {}
-            if info.get("orderLinkId") == cid and trade.order_id:
-                return await self._call("fetch_order", self.exchange.fetch_order(trade.order_id, xs))
-        return None
+        return await self._call("fetch_order_by_client_id", self.exchange.fetch_order_by_client_id(cid, xs))
+
+    async def _with_fees(self, sym: str, orders: list[tuple[str, Order]]) -> list[tuple[str, Order]]:
+        """Orders whose new fills carry no fee (Binance's order queries report none) get it from their own trades."""
+        need = {o.id for c, o in orders if o.fee is None and o.filled - self.done.get(c, (0.0,))[0] > 1e-12}
+        if not need:
+            return orders
+        m = self.exchange.market(self._xsym(sym))
+        fees: dict[str, tuple[float, str | None]] = {}
+        for t in await self._call("fetch_my_trades", self.exchange.fetch_my_trades(self._xsym(sym))):
+            if t.order_id in need and t.fee is not None:
+                fee = fees.get(t.order_id, (0.0, None))[0]
+                if t.fee_currency not in (m.base, m.quote):  # e.g. BNB: not convertible here, booked as no fee
+                    log.warning("fee of %s paid in %s is not booked (neither %s nor %s)", t.order_id, t.fee_currency, m.base, m.quote)
+                    continue
+                fees[t.order_id] = (fee + t.fee, t.fee_currency)
+        return [(c, replace(o, fee=fees[o.id][0], raw={**(o.raw or {}), "fee_currency": fees[o.id][1]}) if o.id in fees else o)
+                for c, o in orders]
 
     async def _place(self, cid: str, symbol: str, side: int, kind: str, qty: float, price: float = math.nan, stop: float = math.nan,
                      *, reduce_only: bool, bar: int, check_first: bool) -> Order | None:
@@ -297,7 +314,7 @@ class ExchangeBroker:
             if pos is None:
                 self._send("cancel", {"cid": w.cid, "symbol": sym, "bar": w.bar, "reason": "no position"}, sym)
                 return
-            qty = pos.open_size
+            qty = self._round_qty(sym, pos.open_size) if self._is_spot(sym) else pos.open_size
         else:
             qty = self._size_entry(w)
             min_amount = self.exchange.market(self._xsym(sym)).min_amount or 0.0
@@ -339,6 +356,7 @@ class ExchangeBroker:
                 result = await self._call("cancel_order", self.exchange.cancel_order(oid, xs))
             except OrderNotFoundError:  # finished already (filled or cancelled): read what it did
                 result = await self._call("fetch_order", self.exchange.fetch_order(oid, xs))
+            result = (await self._with_fees(sym, [(cid, result)]))[0][1]
         except RETRY_LATER as exc:
             self._send("broker_error", {"cid": cid, "symbol": sym, "bar": len(self.market(sym)) - 1, "error": type(exc).__name__,
                                         "reason": str(exc)[:300], "action": "cancel retried at the next bar"}, sym)
@@ -416,6 +434,7 @@ class ExchangeBroker:
             for cid in sorted(tracked, key=lambda c: self.seq.get(c, 0)):
                 oid = self.order_ids[cid]
                 seen.append((cid, open_orders.get(oid) or await self._call("fetch_order", self.exchange.fetch_order(oid, xs))))
+            seen = await self._with_fees(sym, seen)
         except RETRY_LATER as exc:
             self._send("broker_error", {"symbol": sym, "bar": len(self.market(sym)) - 1, "error": type(exc).__name__,
                                         "reason": str(exc)[:300], "action": "fills polled at the next bar"}, sym)
@@ -452,26 +471,35 @@ class ExchangeBroker:
                     self._send("cancel", {"cid": cid, "symbol": sym, "bar": i, "reason": f"exchange: {order.status}"}, sym)
                 continue
             price = (order.average * order.filled - v0) / dq
-            fee = self._fee_in_quote(sym, order, price) - f0
+            fee_base, fee_quote = self._fee_split(sym, order)
+            fee = fee_quote + fee_base * order.average - f0
+            booked = dq * (1.0 - fee_base / order.filled)  # what reached the wallet: a spot buy pays its fee in base
             finished = order.status in FINISHED
             w = st.orders.get(cid)
             prot = self.protect.get(cid)
             ref = self.market(sym).value("close", i)
             if w is not None and w.intent == "entry":
-                self._emit_entry(sym, i, w, dq, price, fee, ref, done=finished)
+                self._emit_entry(sym, i, w, booked, price, fee, ref, done=finished, order_qty=dq)
             elif sym in st.positions:
                 reason = prot.reason if prot is not None else (w.reason if w is not None else "exit")
-                self._emit_exit(sym, i, cid, reason, dq, price, fee, ref, maker=bool(prot is not None and prot.role == "tp"))
+                self._emit_exit(sym, i, cid, reason, dq, price, fee, ref, maker=bool(prot is not None and prot.role == "tp"),
+                                dust_closes=finished and self._is_spot(sym))
             if cancel_finished and finished and cid in st.orders:
                 self._send("cancel", {"cid": cid, "symbol": sym, "bar": i, "reason": f"rest {order.status} on the exchange"}, sym)
 
-    def _fee_in_quote(self, sym: str, order: Order, price: float) -> float:
+    def _fee_split(self, sym: str, order: Order) -> tuple[float, float]:
+        """The order's cumulative fee as (in base, in quote): spot buys pay in the coin bought (Bybit, Binance)."""
         fee = order.fee or 0.0
-        if self._is_spot(sym) and order.side == "buy":  # Bybit spot buys pay the fee in the base coin
-            fee *= price
-        return fee
+        if not self._is_spot(sym):
+            return 0.0, fee
+        m = self.exchange.market(self._xsym(sym))
+        raw = order.raw if isinstance(order.raw, dict) else {}
+        ccy = raw.get("fee_currency") or (raw.get("fee") or {}).get("currency")
+        in_base = ccy == m.base if ccy else order.side == "buy"
+        return (fee, 0.0) if in_base else (0.0, fee)
 
-    def _emit_entry(self, sym: str, i: int, w: WorkingOrder, q: float, price: float, fee: float, ref: float, *, done: bool) -> None:
+    def _emit_entry(self, sym: str, i: int, w: WorkingOrder, q: float, price: float, fee: float, ref: float, *, done: bool,
+                    order_qty: float | None = None) -> None:
         d = w.direction
         pos = self.state.positions.get(sym)
         avg = price if pos is None else (pos.size * pos.entry_price + q * price) / (pos.size + q)
@@ -482,18 +510,24 @@ class ExchangeBroker:
                             "qty": q, "fee": fee, "spread": 0.0, "slippage": d * (price - ref) * q, "impact": 0.0,
                             "maker": w.type == "limit",
                             "sl": None if math.isnan(sl) else sl, "tp": None if math.isnan(tp) else tp, "liq": liq,
-                            "atr": None if math.isnan(w.atr_signal) else w.atr_signal, "done": done, "source": "exchange"}, sym)
+                            "atr": None if math.isnan(w.atr_signal) else w.atr_signal, "done": done, "source": "exchange",
+                            **({"order_qty": order_qty} if order_qty is not None and abs(order_qty - q) > 1e-15 else {})}, sym)
 
-    def _emit_exit(self, sym: str, i: int, cid: str, reason: str, q: float, price: float, fee: float, ref: float, *, maker: bool) -> None:
+    def _emit_exit(self, sym: str, i: int, cid: str, reason: str, q: float, price: float, fee: float, ref: float, *, maker: bool,
+                   dust_closes: bool = False) -> None:
         pos = self.state.positions[sym]
         d = pos.direction
+        order_qty = q
         q = min(q, pos.open_size)
+        if dust_closes and pos.open_size - q < (self._step(sym, "amount") or 0.0) - 1e-15:
+            q = pos.open_size  # spot: the dust under one amount step stays in the wallet, booked as sold at this price
         full = q >= pos.open_size * (1.0 - 1e-9)
         margin = pos.margin if full and not pos.exit_size else pos.margin * q / pos.size
         returned = margin + d * q * (price - pos.entry_price) - fee
         self._send("fill", {"cid": cid, "symbol": sym, "bar": i, "side": -d, "kind": "exit", "reason": reason, "price": price, "qty": q,
                             "fee": fee, "spread": 0.0, "slippage": -d * (price - ref) * q, "impact": 0.0, "maker": maker,
-                            "returned": returned, "done": full, "source": "exchange"}, sym)
+                            "returned": returned, "done": full, "source": "exchange",
+                            **({"order_qty": order_qty} if abs(order_qty - q) > 1e-15 else {})}, sym)
 
     async def close_bar(self, index: int | None = None, ts: pd.Timestamp | None = None) -> None:
         """After the trader's decisions: trail the stops, expire old entry orders, and mark equity at the closes."""
