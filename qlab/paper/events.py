@@ -16,6 +16,9 @@ Kinds (payload keys):
   mark      bar, ts, equity, cash, peaks, live                         a bar's close: equity, trailing peaks, order ages
   risk      symbol, bar, rule, reason, ...                             a risk-limit rejection (an order that was not sent)
   kill      bar, reason                                                the kill switch fired: orders cancelled, flattened
+  supersede seqs, reason, broker                                       journal entries (by seq) that never took effect: the
+                                                                       tail of an unfinished bar that a restart with a
+                                                                       non-deterministic broker regenerated differently
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-EVENT_KINDS = ("bar", "signal", "order", "accepted", "trigger", "fill", "cancel", "funding", "mark", "risk", "kill")
+EVENT_KINDS = ("bar", "signal", "order", "accepted", "trigger", "fill", "cancel", "funding", "mark", "risk", "kill", "supersede")
 
 
 @dataclass(frozen=True)

@@ -10,11 +10,23 @@ Recovery: with a StoreJournal, a restart with the same run id folds the journal 
 bar (its "mark") into the broker, the risk manager and the strategy's history, re-opens the feed after that
 bar, and reprocesses an unfinished bar: the events it regenerates are checked against the journaled tail
 (same kind and payload) instead of being written again, so nothing is duplicated or lost.
+
+A tail that differs: with a deterministic broker (SimBroker) that is a bug or a changed input, and the restart
+stops with JournalMismatchError. A broker whose `deterministic` attribute is False (ExchangeBroker) talks to an
+exchange that kept trading while the process was down (a resting order filled, a different fill size), so at the
+first regenerated event that differs the trader appends one "supersede" event naming the sequence numbers of the
+rest of the tail (those events never took effect: the fold stopped at the last mark and they were not regenerated),
+then journals the new events normally. Superseded entries are skipped by every later `recover()`, so a further
+restart folds exactly what this session applied. Orders of the voided tail that the reprocessed bar did not decide
+again may still be working at the exchange: after the bar's decisions their "order" (and "placed") events are
+journaled again and the broker cancels them (reason "superseded"), booking whatever they filled meanwhile.
+The journal stays append-only: nothing is deleted or rewritten.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import threading
 from collections.abc import Callable
@@ -31,16 +43,18 @@ from qlab.execution import OrderSpec, SizeSpec
 from qlab.paper.broker import Broker, OrderRequest, client_order_id
 from qlab.paper.events import Event
 from qlab.paper.feed import Feed, ReplayFeed
-from qlab.paper.journal import Journal, MemoryJournal, StoreJournal
+from qlab.paper.journal import Journal, MemoryJournal, StoreJournal, journal_entries, live_entries, superseded_seqs
 from qlab.paper.risk import RiskLimits, RiskManager
 from qlab.paper.signals import StrategySignals, as_strategy
 from qlab.paper.sim_broker import SimBroker
 from qlab.paper.sizing import entry_quantity
 from qlab.strategy.spec import Strategy
 
+log = logging.getLogger(__name__)
+
 
 class JournalMismatchError(StoreError):
-    """A restarted run regenerated an event that differs from the journaled one (non-deterministic input?)."""
+    """A restarted run with a deterministic broker regenerated an event that differs from the journaled one."""
 
 
 @dataclass
@@ -98,33 +112,79 @@ class PaperTrader:
         self.bpy = bars_per_year(self.timeframe)
         self.stop_after = stop_after  # tests/CLI: stop after this many bars of this session
         self.events: list[Event] = []
-        self._tail: list[Event] = []
+        self.superseded: list[int] = []  # journal seqs this session declared void (see the module docstring)
+        self._tail: list[tuple[int, Event]] = []
+        self._void_orders: dict[str, tuple[Event, Event | None]] = {}  # cid -> voided (order, placed) not decided again yet
         self._pending: dict[str, Bar] = {}
 
     # -- events --------------------------------------------------------------------------------------
     def _emit(self, ev: Event) -> None:
         """Write-ahead: journal the event (or match it against the journaled tail of an unfinished bar), then apply it."""
+        matched = False
         if self._tail:
-            expected = self._tail.pop(0)
-            if expected.kind != ev.kind or expected.payload != ev.payload:
+            seq, expected = self._tail[0]
+            if expected.kind == ev.kind and expected.payload == ev.payload:
+                self._tail.pop(0)
+                ev, matched = expected, True
+            elif getattr(self.broker, "deterministic", True):
                 raise JournalMismatchError(f"run {self.run_id!r}: regenerated {ev.kind} {ev.payload} differs from the journaled "
-                                           f"{expected.kind} {expected.payload}; the replay is not deterministic")
-            ev = expected
-        else:
+                                           f"{expected.kind} {expected.payload} (seq {seq}); the replay is not deterministic")
+            else:
+                self._supersede(ev)
+        if not matched:
             self.journal.append(ev)
         self.events.append(ev)
         self.broker.apply(ev)
         self.risk.apply(ev)
 
+    def _supersede(self, ev: Event) -> None:
+        """The exchange moved while the run was down: void the rest of the journaled tail (one "supersede" event)."""
+        void, self._tail = self._tail, []
+        seqs = [seq for seq, _ in void]
+        first = void[0][1]
+        reason = (f"after the restart the exchange reported {ev.kind} {ev.payload} where the journal had {first.kind} "
+                  f"{first.payload}")[:500]
+        marker = Event("supersede", {"seqs": seqs, "reason": reason, "broker": type(self.broker).__name__}, ev.ts)
+        self.journal.append(marker)
+        self.events.append(marker)
+        self.superseded += seqs
+        self._remember_void_orders([e for _, e in void])
+        log.warning("run %s: %d journaled events of the unfinished bar superseded (seqs %s): %s", self.run_id, len(seqs), seqs, reason)
+
+    def _remember_void_orders(self, void: list[Event]) -> None:
+        placed = {e.payload["cid"]: e for e in void if e.kind == "placed"}
+        for e in void:
+            if e.kind == "order":
+                self._void_orders[e.payload["cid"]] = (e, placed.get(e.payload["cid"]))
+
+    async def _cancel_void_orders(self) -> None:
+        """Voided orders the reprocessed bar did not decide again: journal them again (they reached, or may have reached,
+        the exchange) and cancel them, so nothing keeps working at the exchange that the trader does not know."""
+        for cid, (order, placed) in list(self._void_orders.items()):
+            del self._void_orders[cid]
+            if cid in self.broker.state.seen_cids:
+                continue  # decided again (same client id): the broker adopted it
+            self._emit(order)
+            if placed is not None:
+                self._emit(placed)
+            sym = order.payload["symbol"]
+            await self.broker.cancel(cid, "superseded", len(self.broker.market(sym)) - 1)
+
     def recover(self) -> pd.Timestamp | None:
-        """Fold the journal (up to the last completed bar) into broker and risk; returns the last completed bar's time."""
-        events = self.journal.events()
-        last_mark = max((k for k, e in enumerate(events) if e.kind == "mark"), default=-1)
-        done, self._tail = events[: last_mark + 1], events[last_mark + 1:]
+        """Fold the journal (up to the last completed bar, superseded entries skipped) into broker and risk; returns the
+        last completed bar's time. The entries after it (an unfinished bar) become the tail the restart is checked against."""
+        entries = journal_entries(self.journal)
+        live = live_entries(entries)
+        last_mark = max((k for k, (_, e) in enumerate(live) if e.kind == "mark"), default=-1)
+        done, tail = [e for _, e in live[: last_mark + 1]], live[last_mark + 1:]
+        self._tail = [(seq, e) for seq, e in tail if e.kind != "supersede"]
         for ev in done:
-            self.broker.apply(ev)
-            self.risk.apply(ev)
+            if ev.kind != "supersede":
+                self.broker.apply(ev)
+                self.risk.apply(ev)
         self.events = list(done)
+        void = superseded_seqs(entries)
+        self._remember_void_orders([e for seq, e in entries if seq in void])
         bars = [e for e in done if e.kind == "bar"]
         return pd.Timestamp(bars[-1].payload["ts"]) if bars else None
 
@@ -174,6 +234,8 @@ class PaperTrader:
         now = self.clock() if self.clock is not None else close_time
         for bar in bars:
             await self._decide(bar.symbol, now, close_time)
+        if self._void_orders:
+            await self._cancel_void_orders()
         await self.broker.close_bar()
         self._report(bars)
         reason = self.risk.on_mark(self.broker.state.equity)
