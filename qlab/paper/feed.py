@@ -109,3 +109,16 @@ class ReconnectingFeed:
                     raise
                 delay = min(self.max_delay, self.base_delay * 2 ** (failures - 1))
                 await asyncio.sleep(delay * (0.5 + self._rng.random() / 2))
+
+
+class YieldingFeed:
+    """Wraps a feed so a replay at full speed still lets the event loop serve clicks and redraws between bars (notebooks)."""
+
+    def __init__(self, feed: Feed) -> None:
+        self.feed, self.symbols, self.timeframe = feed, feed.symbols, feed.timeframe
+
+    async def open(self, after: pd.Timestamp | None = None) -> AsyncIterator[Bar | OrderBook]:
+        """The wrapped feed's items, with one pass of the event loop after each."""
+        async for item in self.feed.open(after):
+            yield item
+            await asyncio.sleep(0)

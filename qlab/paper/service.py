@@ -72,7 +72,8 @@ class ServiceFiles:
         return self.root / f"{self.name}.log"
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether a process with this pid exists (signal 0 probes without touching it)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -218,7 +219,7 @@ async def serve(strategy: str, *, name: str | None = None, replay: Sequence[str]
     files = ServiceFiles(name)
     files.root.mkdir(parents=True, exist_ok=True)
     pid = read_pid(files)
-    if pid is not None and pid != os.getpid() and _alive(pid):
+    if pid is not None and pid != os.getpid() and process_alive(pid):
         raise ConfigError(f"a paper trader named {name!r} is already running (pid {pid}); stop it with `qlab paper stop {name}` "
                           "or choose another --name")
     files.pid.write_text(f"{os.getpid()}\n")
@@ -289,7 +290,7 @@ def start_background(argv: Sequence[str], name: str, timeout: float = 60.0) -> i
     files = ServiceFiles(name)
     files.root.mkdir(parents=True, exist_ok=True)
     pid = read_pid(files)
-    if pid is not None and _alive(pid):
+    if pid is not None and process_alive(pid):
         raise ConfigError(f"a paper trader named {name!r} is already running (pid {pid}); `qlab paper stop {name}` first")
     with open(files.log, "ab") as out:
         child = subprocess.Popen([sys.executable, "-m", "qlab.cli", "paper", "run", *argv, "--name", name, "--log", str(files.log)],
@@ -315,7 +316,7 @@ def status_rows(root: Path | None = None) -> list[dict[str, Any]]:
         except (OSError, ValueError):
             continue
         pid = read_pid(ServiceFiles(path.stem, root))
-        row["running"] = pid is not None and _alive(pid)
+        row["running"] = pid is not None and process_alive(pid)
         if not row["running"] and row.get("state") in ("running", "starting"):
             row["state"] = "dead (no process; restart it to resume from its journal)"
         rows.append(row)
@@ -326,7 +327,7 @@ def stop_service(name: str, timeout: float = 30.0) -> dict[str, Any]:
     """SIGTERM the service and wait until it has exited and removed its pid file; returns its final status row."""
     files = ServiceFiles(name)
     pid = read_pid(files)
-    if pid is None or not _alive(pid):
+    if pid is None or not process_alive(pid):
         known = [p.stem for p in files.root.glob("*.pid")] if files.root.is_dir() else []
         if pid is not None:
             files.pid.unlink(missing_ok=True)  # a stale pid file of a dead process
@@ -334,9 +335,9 @@ def stop_service(name: str, timeout: float = 30.0) -> dict[str, Any]:
                             " `qlab paper status` lists them")
     os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and (files.pid.exists() or _alive(pid)):
+    while time.monotonic() < deadline and (files.pid.exists() or process_alive(pid)):
         time.sleep(0.1)
-    if _alive(pid):
+    if process_alive(pid):
         raise ConfigError(f"paper trader {name!r} (pid {pid}) did not exit within {timeout:.0f} s of SIGTERM; see {files.log}")
     files.pid.unlink(missing_ok=True)
     rows = [r for r in status_rows() if r.get("name") == name]

@@ -347,21 +347,17 @@ class PaperTrader:
         return PaperResult(trades, fills, equity, cash, list(self.events), st, self.run_id)
 
 
-def paper_trade(strategy: Strategy | str | Callable, data: pd.DataFrame | dict[str, pd.DataFrame], *, symbol: str = "asset",
-                speed: float | None = None, **kwargs: Any) -> PaperResult:
-    """Replay candles through the paper trader and wait for the end (from a notebook too: it runs in a thread
-    when an event loop is already running). Keyword arguments go to PaperTrader (fill_model, risk, store, run_id...)."""
-    feed = ReplayFeed(data, symbol=symbol, speed=speed)
-    trader = PaperTrader(strategy, feed, **kwargs)
+def run_blocking(make: Callable[[], Any]) -> Any:
+    """`asyncio.run(make())` and wait; in a thread when this thread already runs an event loop (Jupyter, papermill)."""
     try:
         asyncio.get_running_loop()
     except RuntimeError:
-        return asyncio.run(trader.run())
+        return asyncio.run(make())
     box: dict[str, Any] = {}
 
     def work() -> None:
         try:
-            box["result"] = asyncio.run(trader.run())
+            box["result"] = asyncio.run(make())
         except BaseException as exc:  # re-raised in the caller's thread
             box["error"] = exc
 
@@ -371,3 +367,12 @@ def paper_trade(strategy: Strategy | str | Callable, data: pd.DataFrame | dict[s
     if "error" in box:
         raise box["error"]
     return box["result"]
+
+
+def paper_trade(strategy: Strategy | str | Callable, data: pd.DataFrame | dict[str, pd.DataFrame], *, symbol: str = "asset",
+                speed: float | None = None, **kwargs: Any) -> PaperResult:
+    """Replay candles through the paper trader and wait for the end (from a notebook too: it runs in a thread
+    when an event loop is already running). Keyword arguments go to PaperTrader (fill_model, risk, store, run_id...)."""
+    feed = ReplayFeed(data, symbol=symbol, speed=speed)
+    trader = PaperTrader(strategy, feed, **kwargs)
+    return run_blocking(trader.run)

@@ -380,6 +380,7 @@ class Dashboard:
 
     async def _replay(self) -> str:
         from qlab.paper import MemoryJournal, PaperTrader, ReplayFeed
+        from qlab.paper.feed import YieldingFeed
 
         p = self.params
         candles = self._initial_bars(int(p["replay_bars"]))
@@ -395,7 +396,7 @@ class Dashboard:
                 dash._paper_event(event, trader)
                 return seq
 
-        feed = _YieldingFeed(ReplayFeed(candles, symbol=p["symbol"], timeframe=p["timeframe"], speed=speed))
+        feed = YieldingFeed(ReplayFeed(candles, symbol=p["symbol"], timeframe=p["timeframe"], speed=speed))
         trader = PaperTrader(p["strategy"], feed, journal=ObservedJournal(f"dashboard-{p['symbol']}"))
         result = await trader.run()
         self._flush()
@@ -441,18 +442,6 @@ class Dashboard:
             return f"wrote {sum(written.values()) if isinstance(written, dict) else written} bars"
         finally:
             await client.close()
-
-
-class _YieldingFeed:
-    """Wraps a feed so a replay at full speed still lets the kernel's loop serve clicks and redraws between bars."""
-
-    def __init__(self, feed: Any) -> None:
-        self.feed, self.symbols, self.timeframe = feed, feed.symbols, feed.timeframe
-
-    async def open(self, after: Any = None) -> Any:
-        async for item in self.feed.open(after):
-            yield item
-            await asyncio.sleep(0)
 
 
 def run(params: dict[str, Any] | None = None) -> Dashboard:

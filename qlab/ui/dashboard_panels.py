@@ -6,7 +6,6 @@ Pure functions of the store and the process table, so they are tested without a 
 from __future__ import annotations
 
 import html
-import os
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -17,6 +16,7 @@ import pandas as pd
 from qlab.config import qlab_home
 from qlab.data.quality import quality_report
 from qlab.data.store import Store
+from qlab.paper.service import process_alive
 
 CSS = """
 <style>
@@ -85,16 +85,6 @@ def pid_files(folder: Path | None = None) -> list[Path]:
     return sorted(root.glob("*.pid")) if root.is_dir() else []
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def system_rows(components: Iterable[tuple[str, str]] = (), folder: Path | None = None) -> list[dict[str, Any]]:
     """CPU, memory and the components running: the dashboard's own tasks plus services found by their pid files."""
     import psutil
@@ -113,7 +103,8 @@ def system_rows(components: Iterable[tuple[str, str]] = (), folder: Path | None 
             pid = int(path.read_text().split()[0])
         except (ValueError, IndexError, OSError):
             continue
-        rows.append({"component": path.stem, "status": f"pid {pid} " + ("running" if _alive(pid) else "not running (stale pid file)")})
+        state = "running" if process_alive(pid) else "not running (stale pid file)"
+        rows.append({"component": path.stem, "status": f"pid {pid} {state}"})
     return rows
 
 

@@ -179,7 +179,7 @@ def _limits(p: dict[str, Any]) -> RiskLimits:
 
 
 def _trader(p: dict[str, Any], state: MonitorState, pace: float = 0.0) -> tuple[Any, _ObservedJournal]:
-    from qlab.paper.feed import ReplayFeed
+    from qlab.paper.feed import ReplayFeed, YieldingFeed
     from qlab.paper.trader import PaperTrader
     from qlab.strategy.templates import resolve_strategy
 
@@ -189,7 +189,7 @@ def _trader(p: dict[str, Any], state: MonitorState, pace: float = 0.0) -> tuple[
         speed = pace * (candles.index[1] - candles.index[0]).total_seconds()
     journal = _ObservedJournal(f"monitor-{p['symbol'].replace('/', '-')}", state)
     feed = ReplayFeed(candles, symbol=p["symbol"], timeframe=p["timeframe"], speed=speed)
-    trader = PaperTrader(resolve_strategy(p["strategy"]), _YieldingFeed(feed), journal=journal, risk=_limits(p), cash=float(p["cash"]),
+    trader = PaperTrader(resolve_strategy(p["strategy"]), YieldingFeed(feed), journal=journal, risk=_limits(p), cash=float(p["cash"]),
                          fill_model=p["fill_model"])
     journal.trader = trader
     return trader, journal
@@ -200,44 +200,10 @@ def run(params: dict[str, Any] | None = None) -> MonitorResult:
     p = merge_params(params, DEFAULTS, "paper-monitor")
     state = MonitorState()
     trader, _ = _trader(p, state)
-    result = _run_sync(trader.run)
+    from qlab.paper.trader import run_blocking
+
+    result = run_blocking(trader.run)
     return MonitorResult(p, result, state, figures(state, _limits(p), f"{p['strategy']} on {p['symbol']} {p['timeframe']}"))
-
-
-def _run_sync(fn: Any) -> Any:
-    """`asyncio.run(fn())`, in a thread when this thread already runs a loop (a Jupyter kernel, papermill)."""
-    import threading
-
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return asyncio.run(fn())
-    box: dict[str, Any] = {}
-
-    def work() -> None:
-        try:
-            box["result"] = asyncio.run(fn())
-        except BaseException as exc:  # re-raised in the caller's thread
-            box["error"] = exc
-
-    thread = threading.Thread(target=work)
-    thread.start()
-    thread.join()
-    if "error" in box:
-        raise box["error"]
-    return box["result"]
-
-
-class _YieldingFeed:
-    """Lets the kernel's loop serve clicks and redraws between bars of a replay running at full speed."""
-
-    def __init__(self, feed: Any) -> None:
-        self.feed, self.symbols, self.timeframe = feed, feed.symbols, feed.timeframe
-
-    async def open(self, after: Any = None) -> Any:
-        async for item in self.feed.open(after):
-            yield item
-            await asyncio.sleep(0)
 
 
 class Monitor:

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from qlab.errors import NotFoundError
-from qlab.paper.service import ServiceFiles, _alive, status_rows, stop_service
+from qlab.paper.service import ServiceFiles, process_alive, status_rows, stop_service
 
 
 def qlab_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
@@ -40,7 +40,7 @@ def test_background_service_shows_in_status_and_stops_cleanly():
     stopped = qlab_cli("paper", "stop", name)
     assert stopped.returncode == 0, stopped.stderr
     assert not files.pid.exists()
-    assert not _alive(pid)  # gone (or a zombie waiting for a reaper: it has exited)
+    assert not process_alive(pid)  # gone (or a zombie waiting for a reaper: it has exited)
     final = json.loads(files.status.read_text())
     assert final["state"] == "stopped" and 5 <= final["bars"] < 2000
     # the journal ends at a finished bar: the last event is the bar's mark (the trader finished the event in hand)
