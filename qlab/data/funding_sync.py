@@ -28,7 +28,7 @@ from typing import Any
 import pandas as pd
 
 from qlab.data.store import DEFAULT_SYMBOL, Store
-from qlab.data.sync import _ms, metered
+from qlab.data.sync import _ms, gather_or_cancel, metered
 from qlab.errors import BadSymbolError, ConfigError, DataError, NotSupportedError, did_you_mean
 from qlab.exchange.ratelimit import UsageMeter
 from qlab.exchange.retry import call_with_retry
@@ -175,14 +175,8 @@ async def sync_funding(
                 bar.update(1)
             return n
 
-        tasks = [asyncio.ensure_future(one(s)) for s in names]
         try:
-            counts = await asyncio.gather(*tasks)
-        except BaseException:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            raise
+            counts = await gather_or_cancel([one(s) for s in names])
         finally:
             if bar is not None:
                 bar.close()

@@ -168,18 +168,24 @@ async def _sync_candles(client: Any, store: Store, exchange_id: str, symbols: li
         async with gate:
             return await _sync_symbol(client, store, exchange_id, symbol, timeframe, start, stop, step, page_limit, retry, bar)
 
-    tasks = [asyncio.ensure_future(one(s)) for s in symbols]
     try:
-        counts = await asyncio.gather(*tasks)
+        counts = await gather_or_cancel([one(s) for s in symbols])
+    finally:
+        if bar is not None:
+            bar.close()
+    return dict(zip(symbols, counts, strict=True))
+
+
+async def gather_or_cancel(coros: list[Any]) -> list[Any]:
+    """Run coroutines concurrently; when one fails (or we are cancelled) cancel the rest and wait for them, then raise."""
+    tasks = [asyncio.ensure_future(c) for c in coros]
+    try:
+        return await asyncio.gather(*tasks)
     except BaseException:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         raise
-    finally:
-        if bar is not None:
-            bar.close()
-    return dict(zip(symbols, counts, strict=True))
 
 
 def run_sync(
