@@ -139,10 +139,12 @@ def run_info(nb: Any, notebook: str | Path, name: str, parameters: Mapping[str, 
 
     meta = nb.metadata.get("papermill", {}) if nb is not None else {}
     params = dict(meta.get("parameters") or parameters)
+    defaults = {k: v for k, v in notebook_defaults(notebook).items() if k not in params}
     return {
         "name": name,
         "notebook": Path(notebook).name,
         "parameters": {k: _plain(v) if not isinstance(v, list | dict) else v for k, v in params.items()},
+        "defaults": {k: _plain(v) if not isinstance(v, list | dict) else v for k, v in defaults.items()},
         "started": meta.get("start_time") or datetime.now(UTC).isoformat(),
         "finished": meta.get("end_time"),
         "duration_s": meta.get("duration"),
@@ -151,6 +153,26 @@ def run_info(nb: Any, notebook: str | Path, name: str, parameters: Mapping[str, 
         "metrics": published_metrics(nb) if nb is not None else {},
         "html": f"{name}.html",
     }
+
+
+def notebook_defaults(notebook: str | Path) -> dict[str, Any]:
+    """The values of the notebook's `parameters` cell (papermill reads them), so the index shows what a run really used."""
+    import ast
+
+    import papermill
+
+    try:
+        found = papermill.inspect_notebook(str(notebook))
+    except Exception:  # a notebook papermill cannot read: the index simply lists no defaults
+        return {}
+    out: dict[str, Any] = {}
+    for key, spec in found.items():
+        text = str(spec.get("default", ""))
+        try:
+            out[key] = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            out[key] = text
+    return out
 
 
 def _write_atomic(path: Path, text: str) -> None:
@@ -237,7 +259,10 @@ def render_index(rows: list[Mapping[str, Any]]) -> str:
         status = html.escape(str(r.get("status", "")))
         error = f"<br><small>{html.escape(str(r['error']))[:300]}</small>" if r.get("error") else ""
         duration = f"{r['duration_s']:.1f} s" if isinstance(r.get("duration_s"), int | float) else ""
-        params = items(r.get("parameters") or {}, lambda _k, v: scrub(v if isinstance(v, str) else json.dumps(v, default=str)))
+        shown = lambda _k, v: scrub(v if isinstance(v, str) else json.dumps(v, default=str))  # noqa: E731
+        params = items(r.get("parameters") or {}, shown)
+        if r.get("defaults"):
+            params += f"<details><summary>defaults</summary>{items(r['defaults'], shown)}</details>"
         metrics = items(_ordered(r.get("metrics") or {}), format_metric)
         body.append(f"<tr><td>{link}</td><td>{html.escape(str(r.get('notebook') or ''))}</td><td>{params}</td>"
                     f"<td>{_when(r.get('started'))}</td><td>{duration}</td><td class=\"{status}\">{status}{error}</td>"

@@ -98,3 +98,14 @@ def test_report_names_are_unique_and_batch_files_are_checked(capsys):
         batch_items([{"notebook": "x.ipynb", "params": {}}])
     assert main(["run"]) == 2 and "give either a NOTEBOOK" in capsys.readouterr().err
     assert main(["run", "x.ipynb", "--batch", "b.yaml"]) == 2 and "not both" in capsys.readouterr().err
+
+
+def test_the_index_lists_the_notebooks_defaults_beside_the_given_parameters(tmp_path):
+    from qlab.ui.reports_index import notebook_defaults
+
+    defaults = notebook_defaults(DATA_NB)
+    # read the parameters cell independently: every `name = value` line of the tagged cell
+    nb = json.loads(Path(DATA_NB).read_text())
+    cell = next(c for c in nb["cells"] if "parameters" in c.get("metadata", {}).get("tags", []))
+    names = [line.split("=")[0].strip() for line in "".join(cell["source"]).splitlines() if "=" in line and not line.startswith("#")]
+    assert sorted(defaults) == sorted(names) and defaults["timeframe"] == "1h" and defaults["start"] is None
