@@ -72,6 +72,9 @@ def cmd_quality(args: argparse.Namespace) -> int:
     from qlab.data.candles import infer_timeframe, read_csv, timeframe_delta
     from qlab.data.quality import quality_report
 
+    if args.against and args.file:
+        raise QlabError("--against compares two stored series; drop --file, or import the file into the store first")
+    reference = None
     if args.file:
         candles = read_csv(args.file, validate=False)
         timeframe = args.timeframe or infer_timeframe(candles.index.sort_values().unique())
@@ -82,10 +85,15 @@ def cmd_quality(args: argparse.Namespace) -> int:
         timeframe_delta(args.timeframe)  # a misspelt timeframe is the likelier mistake than a missing store
         with _store(args, read_only=True) as store:
             candles = store.candles(args.exchange, args.symbol, args.timeframe, args.start, args.end)
+            if args.against:  # the same instrument from another source: the report's accuracy part compares them
+                reference = store.candles(args.against, args.symbol, args.timeframe, args.start, args.end)
         timeframe, title = args.timeframe, f"{args.exchange} {args.symbol} {args.timeframe}"
-    report = quality_report(candles, timeframe)
-    print(title)
+    report = quality_report(candles, timeframe, reference=reference, deviation_tolerance_bps=args.tolerance_bps)
+    print(title + (f" against {args.against}" if args.against else ""))
     print(report.table().to_string(index=False))
+    if reference is not None and len(report.accuracy["disagreements"]):
+        print(f"bars where {args.exchange} and {args.against} differ by more than {args.tolerance_bps:g} bps:")
+        print(report.accuracy["disagreements"].to_string(index=False, max_rows=40))
     if args.html:
         fig = report.figure(candles)
         Path(args.html).parent.mkdir(parents=True, exist_ok=True)
@@ -470,11 +478,14 @@ def cmd_record(args: argparse.Namespace) -> int:
     """`qlab data record`: stream closed bars into the store until Ctrl-C or --bars, backfilling gaps by REST; with
     --backup, fail over to the backup exchanges' streams and back (qlab.data.live_failover)."""
     import asyncio
+    import contextlib
 
     from qlab.data.live import RecordStats, record_bars
     from qlab.data.live_failover import FailoverRecordStats, record_with_failover
+    from qlab.data.usage import StoreUsageSink
     from qlab.errors import ConfigError
     from qlab.exchange import ccxt_client, stream
+    from qlab.exchange.ratelimit import UsageMeter
     from qlab.exchange.stream import Backoff
 
     ids = [args.exchange] + [b.strip() for b in (args.backup or "").split(",") if b.strip()]
@@ -488,14 +499,20 @@ def cmd_record(args: argparse.Namespace) -> int:
             print(f"{bar.ts:%Y-%m-%d %H:%M} {args.symbol} {args.timeframe} o={bar.open:g} h={bar.high:g} l={bar.low:g} "
                   f"c={bar.close:g} v={bar.volume:g}" + (f" [{source}]" if source else ""), flush=True)
 
+    meters: list = []
+
     async def run(store) -> None:
-        clients = []
-        try:
-            sources = []
+        async with contextlib.AsyncExitStack() as stack:
+            sink, sources = StoreUsageSink(store), []
             for exchange_id in ids:
-                clients.append(stream.make_stream_client(exchange_id, args.mode))
-                clients.append(ccxt_client.make_client(exchange_id, {}, args.mode))
-                sources.append((clients[-2], clients[-1], exchange_id))
+                ws = stream.make_stream_client(exchange_id, args.mode)
+                stack.push_async_callback(ws.close)
+                rest = ccxt_client.make_client(exchange_id, {}, args.mode)
+                stack.push_async_callback(rest.close)
+                meters.append(UsageMeter.for_client(rest, args.key_id, sink=sink))  # backfill and markets go to the ledger
+                for client in (ws, rest):  # the stream client loads its markets over REST too
+                    await stack.enter_async_context(meters[-1].attached(client))
+                sources.append((ws, rest, exchange_id))
             if len(sources) == 1:
                 await record_bars(*sources[0][:2], store, args.exchange, args.symbol, args.timeframe, stop_after=args.bars,
                                   reconnect=reconnect, stats=stats, on_bar=show)
@@ -503,9 +520,6 @@ def cmd_record(args: argparse.Namespace) -> int:
                 await record_with_failover(sources, store, args.exchange, args.symbol, args.timeframe, stop_after=args.bars,
                                            stale_bars=args.stale_bars, probe_every=args.probe_every, reconnect=reconnect,
                                            stats=stats, on_bar=show)
-        finally:
-            for client in clients:
-                await client.close()
 
     with _store(args) as store:
         try:
@@ -518,6 +532,8 @@ def cmd_record(args: argparse.Namespace) -> int:
           + (", by source: " + ", ".join(f"{k} {v}" for k, v in by_source.items()) if by_source else "") + ")")
     if stats.unfilled:
         print(f"{len(stats.unfilled)} range(s) no source could fill; run `qlab data sync` for them later")
+    calls = sum(m.summary()["calls"] for m in meters)
+    print(f"{calls} REST calls recorded under key {args.key_id!r} in the usage ledger; see `qlab api usage`")
     return 0
 
 
@@ -747,6 +763,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--start")
     p.add_argument("--end")
     p.add_argument("--file", help="report on a CSV file instead of a stored series")
+    p.add_argument("--against", metavar="EXCHANGE", help="compare with the same symbol and timeframe stored under "
+                                                         "another exchange (the accuracy part: bars that disagree)")
+    p.add_argument("--tolerance-bps", type=float, default=50.0, help="with --against: a bar disagrees when close, high "
+                                                                    "or low differ by more than this (default 50 bps)")
     p.add_argument("--html", help="also write the report with its chart to this HTML file")
     p.set_defaults(func=cmd_quality)
 
@@ -800,6 +820,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                                    "higher exchange before switching back (default 60)")
     p.add_argument("--reconnect-tries", type=int, default=5, help="reconnects in a row before a stream counts as down "
                                                                   "(default 5)")
+    p.add_argument("--key-id", default="public", help="name the REST requests are recorded under in the usage ledger")
     p.add_argument("--quiet", action="store_true", help="no line per bar")
     p.set_defaults(func=cmd_record)
 

@@ -96,6 +96,35 @@ def test_quality_of_a_raw_file_reports_duplicates(tmp_path, shared_data, capsys)
     assert "duplicate" in capsys.readouterr().out.lower()
 
 
+def test_quality_against_another_stored_source_lists_exactly_the_bars_beyond_the_tolerance(tmp_path, capsys):
+    import numpy as np
+
+    import qlab
+
+    btc = qlab.load_sample("BTC/USDT", "1h").iloc[:500]
+    other = btc.copy()
+    moved = other.index[[40, 41, 300]]
+    other.loc[moved, ["open", "high", "low", "close"]] *= 1.004  # 40 bps apart: beyond 30, within 50
+    other = other.drop(other.index[450:])  # the second source stops early: only 450 shared bars
+    db = tmp_path / "s.duckdb"
+    with Store(db) as store:
+        store.write_candles(btc, "binance", "BTC/USDT", "1h")
+        store.write_candles(other, "bybit", "BTC/USDT", "1h")
+    base = ("--store", str(db), "data", "quality", "--exchange", "bybit", "--symbol", "BTC/USDT", "--timeframe", "1h")
+    assert _run(*base, "--against", "binance", "--tolerance-bps", "30") == 0
+    out = capsys.readouterr().out
+    assert "bybit BTC/USDT 1h against binance" in out
+    accuracy = next(line for line in out.splitlines() if line.strip().startswith("accuracy"))
+    assert accuracy.split()[1] == "450.00" and "3 bar(s) beyond 30 bps" in accuracy  # only the shared bars compared
+    listed = [line.split()[0] + " " + line.split()[1] for line in out.split("differ by more than 30 bps:")[1].splitlines()[2:]]
+    assert listed == [f"{t:%Y-%m-%d %H:%M:%S}+00:00" for t in moved]
+    assert np.isclose(float(accuracy.split("max ")[1].split(" bps")[0]), 40.0)  # |x - ref| / ref = 0.4 %
+    assert _run(*base, "--against", "binance") == 0  # the default 50 bps: none disagree
+    assert "0 bar(s) beyond 50 bps" in capsys.readouterr().out
+    assert _run(*base, "--against", "binanse") == 2
+    assert "binance" in capsys.readouterr().err  # did you mean
+
+
 def test_errors_are_one_line_with_exit_status_2(tmp_path, capsys):
     assert _run("--store", str(tmp_path / "s.duckdb"), "data", "quality", "--exchange", "x", "--symbol", "Y",
                 "--timeframe", "1hour") == 2

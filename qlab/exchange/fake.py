@@ -72,7 +72,8 @@ TIMEFRAME_TO_BYBIT = {
 }
 FAULT_KINDS = ("429", "500", "503", "slow", "bad_json", "auth", "disconnect", "ws_drop")
 KLINE_MAX_LIMIT = 1000
-BINANCE_PREFIXES = ("/api/", "/fapi/", "/dapi/", "/sapi/", "/eapi/")
+BINANCE_PREFIXES = ("/api/v3/", "/fapi/", "/dapi/", "/sapi/", "/eapi/")
+KUCOIN_PREFIXES = ("/api/v1/", "/api/v2/")
 BINANCE_KLINE_LIMITS = {"/api/v3/klines": (500, 1000), "/fapi/v1/klines": (500, 1500)}  # (default, max)
 
 
@@ -111,11 +112,18 @@ class FakeExchange(BybitPrivateMixin, BinancePrivateMixin, KucoinPublicMixin):
     """Loopback Bybit v5 / Binance / KuCoin REST server for ccxt tests; start with ``async with`` or ``await start()``.
 
     ``api_key`` / ``api_secret`` register one account (10000 USDT); ``add_account`` adds more. ``half_spread`` is the
-    fraction market orders pay over (buys) or under (sells) the current price."""
+    fraction market orders pay over (buys) or under (sells) the current price. ``rate_window=(limit, seconds)`` adds
+    each exchange's rate-limit headers (Bybit X-Bapi-Limit*, Binance X-MBX-USED-WEIGHT-1M, KuCoin gw-ratelimit-*),
+    counting the requests of that API in fixed windows; None (the default) sends none, like Bybit's public API."""
 
     def __init__(self, fixtures: str | Path | None = None, *, host: str = "127.0.0.1", ws_interval: float = 0.01,
-                 api_key: str | None = None, api_secret: str | None = None, half_spread: float = 0.0) -> None:
+                 api_key: str | None = None, api_secret: str | None = None, half_spread: float = 0.0,
+                 rate_window: tuple[int, float] | None = None) -> None:
         self.ws_interval = ws_interval
+        if rate_window is not None and not (int(rate_window[0]) > 0 and float(rate_window[1]) > 0):
+            raise ConfigError(f"rate_window={rate_window!r} must be (requests > 0, seconds > 0), e.g. (600, 5.0)")
+        self.rate_window = rate_window
+        self._window_use: dict[str, tuple[float, int]] = {}  # API family -> (window start, requests in it)
         # (ws path, topic) -> pushes sent so far: a reconnected stream resumes at the next bar, like a live one
         self.ws_cursor: Counter[tuple[str, str]] = Counter()
         self.fixtures = Path(fixtures) if fixtures is not None else DEFAULT_FIXTURES
@@ -295,6 +303,25 @@ class FakeExchange(BybitPrivateMixin, BinancePrivateMixin, KucoinPublicMixin):
                 return fault
         return None
 
+    def _limit_headers(self, path: str) -> dict[str, str]:
+        """The rate-limit headers of the API ``path`` belongs to, after counting this request in its window."""
+        if self.rate_window is None:
+            return {}
+        limit, seconds = int(self.rate_window[0]), float(self.rate_window[1])
+        family = "binance" if path.startswith(BINANCE_PREFIXES) else "kucoin" if path.startswith(KUCOIN_PREFIXES) else "bybit"
+        now = time.time()
+        start = now - now % seconds
+        began, used = self._window_use.get(family, (start, 0))
+        used = used + 1 if began == start else 1
+        self._window_use[family] = (start, used)
+        left, reset_ms = max(limit - used, 0), int((start + seconds) * 1000)
+        if family == "bybit":
+            return {"X-Bapi-Limit": str(limit), "X-Bapi-Limit-Status": str(left), "X-Bapi-Limit-Reset-Timestamp": str(reset_ms)}
+        if family == "binance":
+            return {"X-MBX-USED-WEIGHT-1M": str(used)}  # Binance states the weight used; its limit is the documented 6000
+        return {"gw-ratelimit-limit": str(limit), "gw-ratelimit-remaining": str(left),
+                "gw-ratelimit-reset": str(max(reset_ms - int(now * 1000), 0))}
+
     @web.middleware
     async def _middleware(self, request: web.Request, handler: Any) -> web.StreamResponse:
         body = await request.text() if request.can_read_body else ""
@@ -304,8 +331,11 @@ class FakeExchange(BybitPrivateMixin, BinancePrivateMixin, KucoinPublicMixin):
         self.requests.append(
             RequestRecord(time.time(), request.method, request.path, dict(request.query), body, fault.kind if fault else None)
         )
+        limits = self._limit_headers(request.path)
         if fault is None:
-            return await handler(request)
+            response = await handler(request)
+            response.headers.update(limits)
+            return response
         kind, opts = fault.kind, fault.options
         if kind == "429":
             return web.Response(

@@ -28,9 +28,9 @@ async def _sleep(seconds: float) -> None:
 RETRY = {"max_tries": 2, "sleep": _sleep, "rng": random.Random(0)}
 
 
-def _run(setup=None, *, signed=True, **kw):
+def _run(setup=None, *, signed=True, rate_window=None, **kw):
     async def main():
-        async with FakeExchange() as fake:
+        async with FakeExchange(rate_window=rate_window) as fake:
             fake.add_account(KEY, SECRET, {"USDT": 1000.0})
             fake.add_candles(LINEAR, "1h", qlab.load_sample(LINEAR, "1h"))
             if setup is not None:
@@ -50,6 +50,18 @@ def test_a_healthy_fake_passes_every_check():
     assert {n: c.status for n, c in checks.items()} == {**dict.fromkeys(CHECKS, "ok"), "rate_limit": "skip"}
     assert abs(float(checks["time_drift"].detail.split("=")[1].split("ms")[0])) < 1000
     assert HealthReport(tuple(checks.values())).ok
+
+
+def test_rate_limit_headroom_is_read_from_the_fakes_bybit_headers():
+    window = 1_000_000.0  # fixed windows aligned on the epoch: none ends during the test (once in 11 days)
+    roomy = _run(rate_window=(1000, window))["rate_limit"]
+    assert roomy.status == "ok", roomy.detail
+    used = int(roomy.detail.split(" of ")[0])
+    assert roomy.detail == f"{used} of 1000 used ({1 - used / 1000:.0%} left)" and 5 <= used < 1000
+    # a window the same checks nearly spend: under the 20 % minimum headroom, a warning (not a failure)
+    tight = _run(rate_window=(used + 1, window))
+    assert tight["rate_limit"].status == "warn" and tight["rate_limit"].detail.startswith(f"{used} of {used + 1} used")
+    assert HealthReport(tuple(tight.values())).ok
 
 
 @pytest.mark.parametrize(("fault", "failed"), [

@@ -183,6 +183,7 @@ def _cli_record(tmp_path, monkeypatch, frames: dict[str, pd.DataFrame], inject, 
     thread = threading.Thread(target=loop.run_forever, daemon=True)
     thread.start()
     fakes = {name: FakeExchange(ws_interval=0.003) for name in frames}
+    _cli_record.last_fakes = fakes
     made = []
     for name, fake in fakes.items():
         asyncio.run_coroutine_threadsafe(fake.start(), loop).result(10)
@@ -207,6 +208,9 @@ def _cli_record(tmp_path, monkeypatch, frames: dict[str, pd.DataFrame], inject, 
         loop.call_soon_threadsafe(loop.stop)
         thread.join(5)
     with Store(path) as store:
+        ledger = store.sql("SELECT endpoint FROM api_usage WHERE key_id = 'public'")["endpoint"]
+        served = sorted(r.path for fake in fakes.values() for r in fake.requests if r.path != WS)  # WS: no REST call
+        assert sorted(ledger) == served  # every REST request the fakes saw (markets, backfill, failures) is metered
         return code, made, store.candles("bybit", SYMBOL, TF, with_source=True)
 
 
@@ -234,6 +238,8 @@ def test_cli_record_writes_n_bars_and_with_a_backup_fails_over_when_the_primary_
     assert list(stored["source"]) == ["bybit"] * 20 + ["binance"] * 40
     out = capsys.readouterr().out
     assert "o=" not in out and "recorded 60 bars" in out and "by source: bybit 20, binance 40" in out
+    rest = sum(r.path != WS for f in _cli_record.last_fakes.values() for r in f.requests)
+    assert rest > 0 and f"{rest} REST calls recorded under key 'public'" in out
 
 
 def test_cli_record_rejects_a_bad_bar_count(tmp_path, capsys):

@@ -319,3 +319,32 @@ def test_attached_meter_records_every_http_request_with_ccxt_weights_and_honours
     assert [row["status"] for _, row in kline] == ["RateLimitError", "ok"]
     assert kline[1][0].time - kline[0][0].time >= 0.5 - 0.01  # the meter itself waited out the Retry-After
     assert rate_after == base / 2
+
+
+def test_the_meter_slows_down_as_the_fakes_limit_headers_count_its_quota_down():
+    btc = qlab.load_sample("BTC/USDT:USDT", "1h").iloc[:50]
+    limit = 30
+
+    async def main():
+        async with FakeExchange(rate_window=(limit, 1_000_000.0)) as fake:  # no window ends during the test
+            fake.add_candles("BTC/USDT:USDT", "1h", btc)
+            client = fake.point(ccxt.bybit())
+            meter = UsageMeter.for_client(client, "acct-1", slow_below=0.5, min_factor=0.2)
+            seen = []
+            try:
+                async with meter.attached(client):
+                    await client.load_markets()
+                    for _ in range(limit - 1 - fake.count("/v5/")):  # down to 1 left (at 0 it pauses till the reset)
+                        await client.fetch_ohlcv("BTC/USDT:USDT", "1h", None, 5)
+                        seen.append((fake.count("/v5/"), meter.rate))
+            finally:
+                await client.close()
+            return seen, meter.base_rate
+
+    seen, base = asyncio.run(main())
+    for used, rate in seen:
+        left = max(limit - used, 0) / limit
+        assert rate == pytest.approx(base * max(0.2, min(1.0, left / 0.5))), (used, rate)
+    rates = [rate for _, rate in seen]
+    assert rates[0] == base and rates == sorted(rates, reverse=True)  # full speed above half the quota, then slower
+    assert rates[-1] == pytest.approx(base * 0.2)  # the floor, with 1 of 30 left
