@@ -37,6 +37,7 @@ BINANCE_TYPES = {
     "TAKE_PROFIT": ("Market", "take"), "TAKE_PROFIT_LIMIT": ("Limit", "take"),
 }
 STATUS = {"New": "NEW", "Untriggered": "NEW", "PartiallyFilled": "PARTIALLY_FILLED", "Filled": "FILLED",
+          "PartiallyFilledCanceled": "EXPIRED",  # a market order's unfilled rest (IOC) expires on Binance
           "Cancelled": "CANCELED", "Deactivated": "CANCELED"}
 OPEN = ("New", "Untriggered", "PartiallyFilled")
 
@@ -77,7 +78,7 @@ class BinancePrivateMixin:
     _ids: Any
     half_spread: float
     price: Any
-    _match: Any
+    _accept: Any
     _check_funds: Any
     _spot_locked: Any
     _fee_rate_of: Any
@@ -278,8 +279,7 @@ class BinancePrivateMixin:
         if self._check_funds(account, order, px) is not None:
             return _error(-2010, "Account has insufficient balance for requested action.")
         self.binance_types[order.id] = kind_name
-        self.orders.append(order)
-        self._match(order, incoming=True)
+        self._accept(order)
         answer = self._bn_order_json(order, full=True)
         if p.get("newOrderRespType", "FULL") == "ACK":
             answer = {k: answer[k] for k in ("symbol", "orderId", "orderListId", "clientOrderId", "transactTime")}

@@ -86,6 +86,9 @@ class FakeFill:
     venue: str = "bybit"
 
 
+OPEN_STATUSES = ("New", "Untriggered", "PartiallyFilled")  # Bybit's working orders
+
+
 def _ms() -> int:
     return int(time.time() * 1000)
 
@@ -106,6 +109,8 @@ class BybitPrivateMixin:
         self.accounts: dict[str, FakeAccount] = {}
         self.prices: dict[str, float] = {}
         self.half_spread = half_spread
+        self.liquidity: dict[str, float] = {}  # symbol -> quantity the book offers per price event (absent: unlimited)
+        self._left: dict[str, float] = {}  # what is left of it in the current event
         self.orders: list[FakeOrder] = []
         self.fills: list[FakeFill] = []
         self._ids = itertools.count(1)
@@ -148,14 +153,31 @@ class BybitPrivateMixin:
 
     def set_price(self, symbol: str, price: float) -> list[FakeFill]:
         """Move `symbol` to `price`: fires the stops it crosses and fills the limit orders it reaches; returns the fills."""
+        self._known(symbol)
+        self.prices[symbol] = float(price)
+        before = len(self.fills)
+        self._left.pop(symbol, None)  # a new price event: the book's liquidity is there again
+        for order in [o for o in self.orders if o.symbol == symbol and o.status in OPEN_STATUSES]:
+            self._match(order)
+        return self.fills[before:]
+
+    def set_liquidity(self, symbol: str, qty: float | None) -> None:
+        """Offer at most `qty` of `symbol` per price event (each `set_price`, each new order), shared by the orders it
+        fills oldest first: larger orders fill partially. A resting limit keeps its rest (PartiallyFilled); a market
+        order's rest is cancelled, like an IOC (Bybit PartiallyFilledCanceled, Binance EXPIRED). None: unlimited."""
+        self._known(symbol)
+        if qty is not None and not qty > 0:
+            raise ConfigError(f"liquidity {qty!r} for {symbol} must be a quantity > 0, or None for unlimited")
+        if qty is None:
+            self.liquidity.pop(symbol, None)
+        else:
+            self.liquidity[symbol] = float(qty)
+        self._left.pop(symbol, None)
+
+    def _known(self, symbol: str) -> None:
         if symbol not in self.markets and symbol not in self.binance_markets:
             known = set(self.markets) | set(self.binance_markets)
             raise NotFoundError(f"symbol {symbol!r} is not in the fake's markets.{did_you_mean(symbol, known)}")
-        self.prices[symbol] = float(price)
-        before = len(self.fills)
-        for order in [o for o in self.orders if o.symbol == symbol and o.status in ("New", "Untriggered")]:
-            self._match(order)
-        return self.fills[before:]
 
     # ------------------------------------------------------------------ engine
     def _market_meta(self, symbol: str, venue: str = "bybit") -> dict[str, Any]:
@@ -169,7 +191,7 @@ class BybitPrivateMixin:
     def _spot_locked(self, account: FakeAccount) -> dict[str, float]:
         locked: dict[str, float] = {}
         for o in self.orders:
-            if o.key == account.key and o.category == "spot" and o.status in ("New", "Untriggered"):
+            if o.key == account.key and o.category == "spot" and o.status in OPEN_STATUSES:
                 m = self._market_meta(o.symbol, o.venue)
                 left = o.qty - o.filled
                 if o.side == "Buy":
@@ -181,7 +203,7 @@ class BybitPrivateMixin:
 
     def _order_im(self, account: FakeAccount) -> float:
         return sum((o.qty - o.filled) * (o.price or o.trigger_price or 0.0) / LEVERAGE for o in self.orders
-                   if o.key == account.key and o.category == "linear" and o.status in ("New", "Untriggered")
+                   if o.key == account.key and o.category == "linear" and o.status in OPEN_STATUSES
                    and not o.reduce_only)
 
     def _position_im(self, account: FakeAccount) -> float:
@@ -215,7 +237,17 @@ class BybitPrivateMixin:
     def _fill(self, order: FakeOrder, px: float, maker: bool) -> None:
         account = self.accounts[order.key]
         m = self._market_meta(order.symbol, order.venue)
-        qty = order.qty - order.filled
+        wanted = order.qty - order.filled
+        qty, cap = wanted, self.liquidity.get(order.symbol)
+        if cap is not None:
+            left = self._left.setdefault(order.symbol, cap)
+            qty = min(wanted, left)
+            self._left[order.symbol] = left - qty
+        partial = qty < wanted - 1e-12
+        if qty <= 1e-12:  # nothing left in this event: a market order is cancelled, a limit waits for the next one
+            if order.order_type == "Market":
+                order.status, order.updated = ("PartiallyFilledCanceled" if order.filled else "Cancelled"), _ms()
+            return
         rate = self._fee_rate_of(order.symbol, maker, order.venue)
         sign = 1.0 if order.side == "Buy" else -1.0
         bal = account.balances
@@ -246,10 +278,20 @@ class BybitPrivateMixin:
             account.positions[order.symbol] = (0.0, 0.0) if abs(new) < 1e-12 else (new, entry)
             bal[settle] = bal.get(settle, 0.0) - fee
         now = _ms()
-        order.filled, order.value, order.fee = order.qty, order.value + qty * px, order.fee + fee
-        order.status, order.updated = "Filled", now
+        order.filled, order.value, order.fee = order.filled + qty, order.value + qty * px, order.fee + fee
+        if not partial:
+            order.status = "Filled"
+        else:  # the rest of a market order is cancelled (IOC); a limit order's rest keeps working
+            order.status = "PartiallyFilledCanceled" if order.order_type == "Market" else "PartiallyFilled"
+        order.updated = now
         self.fills.append(FakeFill(str(uuid.uuid4()), order.id, order.key, order.symbol, order.category, order.side,
                                    px, qty, fee, rate, maker, now, order.venue))
+
+    def _accept(self, order: FakeOrder) -> None:
+        """A new order meets the book: a fresh price event (full liquidity) in which it is matched first."""
+        self.orders.append(order)
+        self._left.pop(order.symbol, None)
+        self._match(order, incoming=True)
 
     def _match(self, order: FakeOrder, incoming: bool = False) -> None:
         """Trigger and fill `order` as far as the current price allows.
@@ -366,7 +408,7 @@ class BybitPrivateMixin:
             "price": _s(o.price) if o.price is not None else "0", "createdTime": str(o.created), "positionIdx": 0,
             "timeInForce": "GTC" if o.order_type == "Limit" else "IOC", "leavesValue": _s((o.qty - o.filled) * (o.price or 0)),
             "updatedTime": str(o.updated), "side": o.side, "triggerPrice": _s(o.trigger_price), "cumExecFee": _s(o.fee),
-            "leavesQty": _s(o.qty - o.filled if o.status in ("New", "Untriggered", "PartiallyFilled") else 0.0),
+            "leavesQty": _s(o.qty - o.filled if o.status in OPEN_STATUSES else 0.0),
             "closeOnTrigger": False, "cumExecQty": _s(o.filled), "reduceOnly": o.reduce_only, "qty": _s(o.qty),
             "stopLoss": "", "marketUnit": "", "triggerBy": "LastPrice" if o.trigger_price else "", "isLeverage": "",
             "cumFeeDetail": {o.fee_coin: _s(o.fee)} if o.fee_coin else {}, "smpType": "None",
@@ -415,8 +457,7 @@ class BybitPrivateMixin:
         refusal = self._check_funds(account, order, trigger if kind == "Market" and trigger else px)
         if refusal is not None:
             return self._err(*refusal)
-        self.orders.append(order)
-        self._match(order, incoming=True)
+        self._accept(order)
         return self._ok({"orderId": order.id, "orderLinkId": order.link_id})
 
     def _find(self, account: FakeAccount, body: dict[str, Any]) -> FakeOrder | None:
@@ -430,7 +471,7 @@ class BybitPrivateMixin:
             return account
         body = json.loads(await request.text() or "{}")
         order = self._find(account, body)
-        if order is None or order.status not in ("New", "Untriggered", "PartiallyFilled"):
+        if order is None or order.status not in OPEN_STATUSES:
             return self._err(170213, "Order does not exist.") if body.get("category") == "spot" else \
                 self._err(110001, "Order does not exist.")
         order.status, order.updated = ("Deactivated" if order.status == "Untriggered" else "Cancelled"), _ms()
@@ -443,8 +484,7 @@ class BybitPrivateMixin:
         if q.get("orderId") or q.get("orderLinkId"):
             found = self._find(account, dict(q))
             return [found] if found in rows else []
-        active = ("New", "Untriggered", "PartiallyFilled")
-        rows = [o for o in rows if (o.status in active) == open_only]
+        rows = [o for o in rows if (o.status in OPEN_STATUSES) == open_only]
         return sorted(rows, key=lambda o: o.created, reverse=True)[: int(q.get("limit", 50))]
 
     async def _order_realtime(self, request: web.Request) -> web.Response:

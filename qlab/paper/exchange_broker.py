@@ -112,10 +112,12 @@ class ExchangeBroker:
         self.protect: dict[str, Protective] = {}  # live protective orders by client id
         self.done: dict[str, tuple[float, float, float]] = {}  # client id -> (qty, value, fee) emitted as fills so far
         self.seq: dict[str, int] = {}  # client id -> placement order (fills are emitted oldest order first)
+        self.n_seq = 0
         self.stop_count: dict[str, int] = {}  # entry cid -> stop replacements so far (trailing)
         self.balance_seen = False
         self.errors: list[dict[str, Any]] = []  # rejections and retried failures, for reports
         self.adopted: list[str] = []  # client ids found at the exchange after a restart instead of being sent again
+        self.exits_done: set[str] = set()  # exit client ids the exchange reported wholly filled when placed
         self._ts: dict[str, str] = {}
         # until the first close of this session (a restart resumes mid-bar), orders are looked up by client id first
         self._recovered = True
@@ -134,11 +136,12 @@ class ExchangeBroker:
                 st = self.state
                 st.cash = st.equity = st.equity_prev = float(p["cash"])
         elif kind == "order":
-            self.seq[p["cid"]] = len(self.seq)
+            self._sequence(p["cid"])
         elif kind == "placed":
             self.order_ids[p["cid"]] = p["order_id"]
+            self._sequence(p["cid"])  # the exchange's order: a deferred reversal entry comes after the exit placed before it
         elif kind == "protect":
-            self.seq[p["cid"]] = len(self.seq)
+            self._sequence(p["cid"])
             self.protect[p["cid"]] = Protective(p["cid"], p["entry_cid"], p["symbol"], p["role"], p["reason"], p["side"], p["type"],
                                                 p["price"], p["qty"])
             if p["role"] == "sl":
@@ -152,6 +155,10 @@ class ExchangeBroker:
         elif kind in ("reject", "broker_error"):
             self.errors.append({"time": ev.ts, "kind": kind, **p})
         self.state.apply(ev)
+
+    def _sequence(self, cid: str) -> None:
+        self.n_seq += 1
+        self.seq[cid] = self.n_seq
 
     def restore(self, events: Iterable[Event]) -> None:
         """Rebuild the state from journaled events (no emitting)."""
@@ -314,8 +321,16 @@ class ExchangeBroker:
             if pos is None:
                 self._send("cancel", {"cid": w.cid, "symbol": sym, "bar": w.bar, "reason": "no position"}, sym)
                 return
-            qty = self._round_qty(sym, pos.open_size) if self._is_spot(sym) else pos.open_size
+            qty = self._round_qty(sym, pos.open_size)  # a sum of partial fills may carry float dust below one step
         else:
+            pos = st.positions.get(sym)
+            closing = [c for c, o in st.orders.items() if o.symbol == sym and o.intent == "exit"]
+            if pos is not None and pos.direction != w.direction and not (closing and set(closing) <= self.exits_done):
+                if closing:
+                    return  # a reversal waits until its exit is known filled (a partial exit's rest goes first); poll retries
+                self._send("cancel", {"cid": w.cid, "symbol": sym, "bar": w.bar, "reason": "the opposite position is still "
+                                      "open (its exit was refused); an entry now would net against it"}, sym)
+                return
             qty = self._size_entry(w)
             min_amount = self.exchange.market(self._xsym(sym)).min_amount or 0.0
             if math.isnan(qty) or qty <= 0 or qty < min_amount:
@@ -331,6 +346,8 @@ class ExchangeBroker:
             if self.errors and self.errors[-1]["kind"] == "reject" and self.errors[-1]["cid"] == w.cid:
                 self._send("cancel", {"cid": w.cid, "symbol": sym, "bar": w.bar, "reason": "rejected by the exchange"}, sym)
             return
+        if w.intent == "exit" and order.status in FINISHED and order.filled >= qty * (1.0 - 1e-9):
+            self.exits_done.add(w.cid)
         if w.type != "market" and order.status == "open" and order.filled == 0 and w.cid in st.orders:
             self._send("accepted", {"cid": w.cid, "symbol": sym, "bar": len(self.market(sym)) - 1, "queue_ahead": 0.0}, sym)
         if w.intent == "entry" and order.status == "closed" and order.filled > 0 and order.average:
@@ -424,8 +441,7 @@ class ExchangeBroker:
         """Fills of every tracked order of `sym` since the last poll, emitted oldest order first; unsent orders resent."""
         tracked = [c for c, w in self.state.orders.items() if w.symbol == sym and c in self.order_ids]
         tracked += [c for c, p in self.protect.items() if p.symbol == sym and c in self.order_ids]
-        unsent = [w for c, w in self.state.orders.items() if w.symbol == sym and c not in self.order_ids]
-        if not tracked and not unsent:
+        if not tracked and not any(w.symbol == sym and c not in self.order_ids for c, w in self.state.orders.items()):
             return
         xs = self._xsym(sym)
         try:
@@ -442,7 +458,8 @@ class ExchangeBroker:
         for cid, order in seen:
             self._emit_fills(sym, [(cid, order)])
             await self._after_fill(sym, cid, order)
-        for w in unsent:
+        unsent = [w for c, w in self.state.orders.items() if w.symbol == sym and c not in self.order_ids]
+        for w in sorted(unsent, key=lambda w: w.intent != "exit"):  # exits first: a waiting reversal entry needs them
             if w.cid in self.state.orders:
                 await self._send_order(w, check_first=True)
 
@@ -454,6 +471,7 @@ class ExchangeBroker:
             self._send("unprotect", {"cid": cid, "reason": order.status}, sym)
             if order.filled > 0:
                 await self._cancel_protective(sym, f"{p.reason} filled")
+                self._exit_rest(sym, cid, p.side, p.reason, len(self.market(sym)) - 1)  # a stop that filled in part
             return
         pos = st.positions.get(sym)
         if pos is not None and pos.cid == cid and not any(p.entry_cid == cid for p in self.protect.values()):
@@ -468,7 +486,10 @@ class ExchangeBroker:
             dq = order.filled - q0
             if dq <= 1e-12 or not order.average:
                 if cancel_finished and order.status in FINISHED and cid in st.orders and order.filled <= 1e-12:
+                    w = st.orders[cid]
                     self._send("cancel", {"cid": cid, "symbol": sym, "bar": i, "reason": f"exchange: {order.status}"}, sym)
+                    if w.intent == "exit":
+                        self._exit_rest(sym, cid, w.direction, w.reason, i)
                 continue
             price = (order.average * order.filled - v0) / dq
             fee_base, fee_quote = self._fee_split(sym, order)
@@ -486,6 +507,14 @@ class ExchangeBroker:
                                 dust_closes=finished and self._is_spot(sym))
             if cancel_finished and finished and cid in st.orders:
                 self._send("cancel", {"cid": cid, "symbol": sym, "bar": i, "reason": f"rest {order.status} on the exchange"}, sym)
+                if w is not None and w.intent == "exit":
+                    self._exit_rest(sym, cid, w.direction, w.reason, i)
+
+    def _exit_rest(self, sym: str, cid: str, side: int, reason: str, bar: int) -> None:
+        """An exit the exchange ended short of the position (a market order's rest cancelled for want of liquidity):
+        journal a market exit for what is still held, which the caller's poll sends; its client id is `cid + "-r"`."""
+        if sym in self.state.positions and f"{cid}-r" not in self.state.seen_cids:
+            self._send("order", OrderRequest(f"{cid}-r", sym, side, "market", "exit", bar, reason=reason).payload(), sym)
 
     def _fee_split(self, sym: str, order: Order) -> tuple[float, float]:
         """The order's cumulative fee as (in base, in quote): spot buys pay in the coin bought (Bybit, Binance)."""

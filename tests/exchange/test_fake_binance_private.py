@@ -211,3 +211,25 @@ def test_answers_have_the_recorded_binance_shapes():
         got = body[0] if isinstance(body, list) else body
         optional = {"icebergQty", "workingTime"} if method == "createOrder" else set()  # sent for iceberg orders only
         assert status == 200 and set(want) - set(got) - optional == set(), method
+
+
+def test_a_thin_book_expires_a_market_orders_rest_and_fills_a_limit_in_pieces():
+    """set_liquidity on the Binance routes: a market buy's unfilled rest EXPIREs (ccxt 'expired', filled part kept);
+    a resting limit sell is PARTIALLY_FILLED ('open') until later price events fill it."""
+    async def test(fake, ex):
+        fake.set_price(SPOT, 30000.0)
+        fake.set_liquidity(SPOT, 0.04)
+        market = await ex.create_order(SPOT, "buy", "market", 0.1)
+        limit = await ex.create_order(SPOT, "sell", "limit", 0.03, 30500.0)
+        fake.set_liquidity(SPOT, 0.02)
+        states = []
+        for price in (30600.0, 30700.0):
+            fake.set_price(SPOT, price)
+            states.append(await ex.fetch_order(limit.id, SPOT))
+        return market, states, await ex.fetch_balance()
+
+    market, states, balance = _run(test, balances={"USDT": 10000.0})
+    assert market.status == "expired" and market.filled == pytest.approx(0.04) and market.remaining == pytest.approx(0.06)
+    assert [(o.status, round(o.filled, 9)) for o in states] == [("open", 0.02), ("closed", 0.03)]
+    assert states[-1].average == 30500.0
+    assert balance.total["BTC"] == pytest.approx(0.04 * (1 - FEE) - 0.03)  # the buy's fee is paid in BTC

@@ -148,3 +148,32 @@ def test_read_only_key_cannot_trade():
         return (await ex.fetch_balance()).total
 
     assert _run(test, read_only=True) == {"USDT": 10000.0}
+
+
+def test_limited_liquidity_fills_a_resting_limit_in_pieces_and_cancels_a_market_orders_rest():
+    """set_liquidity: each price event offers 0.03 BTC, oldest order first; a limit keeps its rest, a market order's
+    rest is cancelled (Bybit PartiallyFilledCanceled, 'closed' in ccxt with the filled part)."""
+    async def test(fake, ex):
+        fake.set_price(LINEAR, 20000.0)
+        fake.set_liquidity(LINEAR, 0.03)
+        first = await ex.create_order(LINEAR, "buy", "limit", 0.05, 19000.0)
+        second = await ex.create_order(LINEAR, "buy", "limit", 0.02, 19000.0)
+        seen = []
+        for price in (18990.0, 18980.0, 18970.0):  # three price events reaching both bids
+            fake.set_price(LINEAR, price)
+            seen.append([await ex.fetch_order(o.id, LINEAR) for o in (first, second)])
+        market = await ex.create_order(LINEAR, "sell", "market", 0.1)
+        trades = await ex.fetch_my_trades(LINEAR)
+        return seen, market, trades, fake, first
+
+    seen, market, trades, fake, first = _run(test)
+    filled = [[o.filled for o in event] for event in seen]
+    assert filled == [[pytest.approx(0.03), 0.0], [pytest.approx(0.05), pytest.approx(0.01)], [pytest.approx(0.05), pytest.approx(0.02)]]
+    assert [[o.status for o in event] for event in seen] == [["open", "open"], ["closed", "open"], ["closed", "closed"]]
+    assert seen[0][0].remaining == pytest.approx(0.02) and seen[2][0].average == 19000.0  # a resting limit fills at its price
+    assert market.status == "closed" and market.filled == pytest.approx(0.03) and market.remaining == pytest.approx(0.07)
+    assert fake.orders[-1].status == "PartiallyFilledCanceled"
+    assert [round(t.amount, 9) for t in trades if t.order_id == first.id] == [0.03, 0.02]
+    assert sum(t.amount for t in trades) == pytest.approx(0.05 + 0.02 + 0.03)
+    position = fake.accounts[KEY].positions[LINEAR][0]
+    assert position == pytest.approx(0.07 - 0.03)  # bought 0.07, sold the 0.03 the book had

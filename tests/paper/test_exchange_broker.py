@@ -5,6 +5,7 @@ and the difference between simulated and exchange-reported fills on the same rea
 from __future__ import annotations
 
 import asyncio
+import collections
 
 import ccxt.async_support as ccxt
 import numpy as np
@@ -155,6 +156,48 @@ def test_limit_entries_rest_expire_and_are_cancelled_on_the_exchange(candles):
         if o.order_type == "Limit" and o.status == "Filled" and not o.reduce_only:
             avg = o.value / o.filled
             assert (avg - o.price) * (1 if o.side == "Buy" else -1) <= 1e-9
+
+
+@pytest.mark.parametrize("orders", [OrderSpec(), OrderSpec(entry="limit", entry_offset=0.002, tif=3),
+                                    OrderSpec(stop_loss=0.01, take_profit=0.015)], ids=["market", "limit", "sl_tp"])
+def test_partial_fills_keep_the_traders_books_equal_to_the_exchanges(candles, orders):
+    """The fake's book offers 0.2 BTC per price event against ~0.7 BTC orders: market orders fill 0.2 and the exchange
+    cancels their rest, resting limits fill in pieces. Every execution still becomes the trader's own fill, an exit's
+    rest is sent again ("-r") until the position is flat, a reversal entry waits for that, and the trader's position and
+    equity equal the exchange's."""
+    res, fake, broker, _ = run_on_fake(candles, sma_cross(long=True, short=True), warmup=22, lookback=60,
+                                       size=SizeSpec(value=0.5), orders=orders,
+                                       before=lambda fake, trader: fake.set_liquidity(LINEAR, 0.2))
+    assert not isinstance(res, BaseException), res
+    assert all(f.qty <= 0.2 + 1e-12 for f in fake.fills)
+    cut = [o for o in fake.orders if o.status == "PartiallyFilledCanceled"]
+    assert cut, "some market orders should have been cut short by the book"
+    if orders.entry == "limit":
+        pieces = collections.Counter(f.order_id for f in fake.fills)
+        assert any(n > 1 for n in pieces.values()), "some resting limits should fill in several pieces"
+    # per order: what the exchange executed equals what the trader booked (quantity, value, fee)
+    by_order = {o.id: o.link_id for o in fake.orders}
+    exchange, booked = collections.defaultdict(lambda: np.zeros(3)), collections.defaultdict(lambda: np.zeros(3))
+    for f in fake.fills:
+        exchange[by_order[f.order_id]] += (f.qty, f.qty * f.price, f.fee)
+    for e in res.events:
+        if e.kind == "fill":
+            q = e.payload.get("order_qty", e.payload["qty"])
+            booked[e.payload["cid"]] += (q, q * e.payload["price"], e.payload["fee"])
+    assert set(exchange) == set(booked)
+    for cid, got in exchange.items():
+        np.testing.assert_allclose(booked[cid], got, rtol=1e-9, err_msg=cid)
+    # an exit the book cut short is followed by its rest, and no order was ever refused (no netting, no reduce-only error)
+    exits = {o.link_id for o in cut if o.reduce_only and not o.link_id.endswith(("-sl", "-tp"))}
+    assert all(f"{cid}-r" in by_order.values() for cid in exits)
+    assert exits or orders.entry != "limit"  # limit entries fill whole (in pieces), so their exits meet the thin book
+    assert not [e for e in res.events if e.kind == "reject"]
+    st = broker.state
+    pos = fake.accounts[KEY].positions.get(LINEAR, (0.0, 0.0))[0]
+    assert sum(p.direction * p.open_size for p in st.positions.values()) == pytest.approx(pos, abs=1e-9)
+    assert st.mark_equity({FEED_SYMBOL: fake.price(LINEAR)}) == pytest.approx(fake_equity(fake), rel=1e-9)
+    live = {o.link_id for o in fake.orders if o.status in ("New", "Untriggered", "PartiallyFilled")}
+    assert live == set(broker.protect) | set(broker.state.orders)
 
 
 def test_rejections_are_events_and_the_trader_keeps_running(candles):
