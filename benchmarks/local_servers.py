@@ -132,13 +132,18 @@ class HttpSink:
         return f"http://127.0.0.1:{self.port}{path}"
 
     async def _handle(self, request: Any) -> Any:
-        from aiohttp import web
-
         body = await request.read()
         self.arrivals.items.append((time.perf_counter(), (request.path, body)))
-        if request.path.endswith("/Messages.json"):
-            return web.json_response({"sid": f"SM{len(self.arrivals.items):032d}", "status": "queued"}, status=201)
-        if "discord" in request.path:
+        return self.reply(request.path, len(self.arrivals.items))
+
+    @staticmethod
+    def reply(path: str, n: int) -> Any:
+        """The answer the real service gives to the n-th request: Twilio 201 JSON with a sid, Discord 204, else 200 JSON."""
+        from aiohttp import web
+
+        if path.endswith("/Messages.json"):
+            return web.json_response({"sid": f"SM{n:032d}", "status": "queued"}, status=201)
+        if "discord" in path:
             return web.Response(status=204)
         return web.json_response({"ok": True})
 

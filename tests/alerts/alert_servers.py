@@ -1,21 +1,17 @@
 """Real servers on 127.0.0.1 for the alert tests (fixtures re-exported by conftest.py): an aiosmtpd SMTP server (plain, or
-self-signed certificate made here) and an aiohttp server that records webhook and SMS-gateway requests."""
+self-signed certificate from benchmarks.local_servers) and an aiohttp server that records webhook and SMS-gateway requests."""
 
 from __future__ import annotations
 
-import asyncio
 import base64
-import datetime as dt
 import json
-import shutil
-import socket
-import subprocess
 import threading
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import pytest
+
+from benchmarks.local_servers import HttpSink, free_port, make_self_signed_cert  # the benchmark's loopback servers
 
 LATENCIES: dict[str, list[float]] = {}
 
@@ -33,45 +29,6 @@ def _print_latencies():
         for channel, values in sorted(LATENCIES.items()):
             print(f"  {channel:<22} n={len(values)}  median {sorted(values)[len(values) // 2] * 1000:7.1f} ms  "
                   f"max {max(values) * 1000:7.1f} ms")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def make_self_signed_cert(folder: Path) -> tuple[Path, Path]:
-    """A certificate for 127.0.0.1/localhost and its key: with `cryptography` when installed, else the openssl CLI."""
-    cert, key = folder / "cert.pem", folder / "key.pem"
-    try:
-        import ipaddress
-
-        from cryptography import x509
-        from cryptography.hazmat.primitives import hashes, serialization
-        from cryptography.hazmat.primitives.asymmetric import ec
-        from cryptography.x509.oid import NameOID
-    except ImportError:
-        if not shutil.which("openssl"):
-            pytest.skip("neither the cryptography package nor the openssl command is available")
-        subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-                        "-keyout", str(key), "-out", str(cert), "-days", "1", "-subj", "/CN=localhost",
-                        "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"], check=True, capture_output=True)
-        return cert, key
-    private = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
-    now = dt.datetime.now(dt.UTC)
-    certificate = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(private.public_key())
-                   .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(minutes=5))
-                   .not_valid_after(now + dt.timedelta(days=1))
-                   .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
-                                                               x509.DNSName("localhost")]), critical=False)
-                   .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-                   .sign(private, hashes.SHA256()))
-    cert.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
-    key.write_bytes(private.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                          serialization.NoEncryption()))
-    return cert, key
 
 
 @dataclass
@@ -107,7 +64,7 @@ def smtp_server():
     from aiosmtpd.controller import Controller
 
     box = Mailbox()
-    controller = Controller(_MailHandler(box), hostname="127.0.0.1", port=_free_port())
+    controller = Controller(_MailHandler(box), hostname="127.0.0.1", port=free_port())
     controller.start()
     yield "127.0.0.1", controller.port, box
     controller.stop()
@@ -135,7 +92,7 @@ def smtp_tls_server(tmp_path):
         box.logins.append((mechanism, auth_data.login.decode() if isinstance(auth_data, LoginPassword) else None, ok))
         return AuthResult(success=ok, handled=False)  # handled=False: the server answers 535 itself
 
-    controller = Controller(_MailHandler(box), hostname="127.0.0.1", port=_free_port(), tls_context=context,
+    controller = Controller(_MailHandler(box), hostname="127.0.0.1", port=free_port(), tls_context=context,
                             require_starttls=True, authenticator=authenticator, auth_required=True, auth_require_tls=True)
     controller.start()
     yield "127.0.0.1", controller.port, box, str(cert)
@@ -167,24 +124,19 @@ class Hit:
         return user, password
 
 
-class HttpRecorder:
-    """An aiohttp server in a thread: records every POST; `fail(path, statuses)` answers the next requests with those."""
+class HttpRecorder(HttpSink):
+    """The benchmark's HTTP sink, recording method and headers too; `fail(path, statuses)` answers the next requests
+    with those statuses."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.hits: list[Hit] = []
         self.script: dict[str, list[int]] = {}
         self.body_on_error = "server error"
-        self.port = 0
-        self._loop = asyncio.new_event_loop()
-        self._ready = threading.Event()
-        self._thread = threading.Thread(target=self._main, daemon=True)
 
     def fail(self, path: str, statuses: list) -> None:
         """Answer the next requests to `path` ('*': any) with these statuses (or (status, headers) pairs)."""
         self.script[path] = list(statuses)
-
-    def url(self, path: str = "") -> str:
-        return f"http://127.0.0.1:{self.port}{path}"
 
     def wait(self, n: int = 1, timeout: float = 10.0) -> list[Hit]:
         deadline = time.monotonic() + timeout
@@ -203,36 +155,13 @@ class HttpRecorder:
             status = queue.pop(0)
             status, headers = status if isinstance(status, tuple) else (status, {})
             return web.Response(status=status, text=f"{self.body_on_error} at {request.path}", headers=headers)
-        if request.path.endswith("/Messages.json"):
-            return web.json_response({"sid": f"SM{len(self.hits):032d}", "status": "queued"}, status=201)
-        if "discord" in request.path:
-            return web.Response(status=204)
-        return web.json_response({"ok": True})
-
-    def _main(self) -> None:
-        from aiohttp import web
-
-        asyncio.set_event_loop(self._loop)
-        app = web.Application()
-        app.router.add_route("POST", "/{tail:.*}", self._handle)
-        self._runner = web.AppRunner(app)
-        self._loop.run_until_complete(self._runner.setup())
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        self._loop.run_until_complete(site.start())
-        self.port = site._server.sockets[0].getsockname()[1]
-        self._ready.set()
-        self._loop.run_forever()
-        self._loop.run_until_complete(self._runner.cleanup())
-        self._loop.close()
+        return self.reply(request.path, len(self.hits))
 
     def start(self) -> HttpRecorder:
-        self._thread.start()
-        self._ready.wait(10)
-        return self
+        return self.__enter__()
 
     def stop(self) -> None:
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(10)
+        self.__exit__()
 
 
 @pytest.fixture
