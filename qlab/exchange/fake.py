@@ -73,8 +73,15 @@ TIMEFRAME_TO_BYBIT = {
 FAULT_KINDS = ("429", "500", "503", "slow", "bad_json", "auth", "disconnect", "ws_drop")
 KLINE_MAX_LIMIT = 1000
 BINANCE_PREFIXES = ("/api/v3/", "/fapi/", "/dapi/", "/sapi/", "/eapi/")
-KUCOIN_PREFIXES = ("/api/v1/", "/api/v2/")
+KUCOIN_PREFIXES = ("/api/v1/", "/api/v2/", "/api/v3/currencies")  # checked before Binance's /api/v3/
 BINANCE_KLINE_LIMITS = {"/api/v3/klines": (500, 1000), "/fapi/v1/klines": (500, 1500)}  # (default, max)
+
+
+def _api_family(path: str) -> str:
+    """Which exchange's API a request path belongs to: "kucoin", "binance" or "bybit"."""
+    if path.startswith(KUCOIN_PREFIXES):
+        return "kucoin"
+    return "binance" if path.startswith(BINANCE_PREFIXES) else "bybit"
 
 
 @dataclass
@@ -276,7 +283,8 @@ class FakeExchange(BybitPrivateMixin, BinancePrivateMixin, KucoinPublicMixin):
         kinds: "ws_drop" (a WebSocket connection to the path is closed after ``drop_after`` pushes, default 3),
         "429" (Retry-After: ``retry_after`` seconds, default 1), "500", "503", "slow" (wait ``delay``
         seconds, default 2, then answer normally), "bad_json" (a truncated JSON body with status 200),
-        "auth" (Bybit retCode ``code``, default 10003 "API key is invalid."), "disconnect" (close the
+        "auth" (in the API's own format: Bybit retCode ``code``, default 10003 "API key is invalid."; Binance -2015;
+        KuCoin "400003"), "disconnect" (close the
         connection without answering).
         """
         if kind not in FAULT_KINDS:
@@ -308,7 +316,7 @@ class FakeExchange(BybitPrivateMixin, BinancePrivateMixin, KucoinPublicMixin):
         if self.rate_window is None:
             return {}
         limit, seconds = int(self.rate_window[0]), float(self.rate_window[1])
-        family = "binance" if path.startswith(BINANCE_PREFIXES) else "kucoin" if path.startswith(KUCOIN_PREFIXES) else "bybit"
+        family = _api_family(path)
         now = time.time()
         start = now - now % seconds
         began, used = self._window_use.get(family, (start, 0))
@@ -349,7 +357,10 @@ class FakeExchange(BybitPrivateMixin, BinancePrivateMixin, KucoinPublicMixin):
             return await handler(request)
         if kind == "bad_json":
             return web.Response(status=200, text='{"retCode":0,"retMsg":"OK","result":{"list":[["17', content_type="application/json")
-        if kind == "auth" and request.path.startswith(BINANCE_PREFIXES):
+        if kind == "auth" and _api_family(request.path) == "kucoin":  # KuCoin: HTTP 401 with its own string code
+            return web.json_response({"code": str(opts.get("code", "400003")), "msg": opts.get("message", "KC-API-KEY not exists")},
+                                     status=401)
+        if kind == "auth" and _api_family(request.path) == "binance":
             code = int(opts.get("code", -2015))
             msg = opts.get("message", "Invalid API-key, IP, or permissions for action.")
             return web.json_response({"code": code, "msg": msg}, status=401)

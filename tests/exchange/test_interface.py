@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 import qlab
-from qlab.errors import BadSymbolError, ConfigError, NotSupportedError
+from qlab.errors import AuthError, BadSymbolError, ConfigError, NotSupportedError
 from qlab.exchange.ccxt_exchange import CcxtExchange, open_exchange
 from qlab.exchange.fake import FakeExchange
 from qlab.exchange.interface import Capabilities, Exchange, endpoint_weight
@@ -142,6 +142,21 @@ def test_kucoin_market_data_with_kucoin_paging():
     assert ticker.last == float(ticker_raw["last"]) and ticker.bid == float(ticker_raw["buy"])
     assert book.bids[0] == tuple(float(x) for x in book_raw["bids"][0])
     assert trades[0].price == 67347.4 and trades[0].side == "sell"
+
+
+@pytest.mark.parametrize(("exchange", "path", "symbol"), [
+    ("bybit", "/v5/market/tickers", LINEAR), ("binance", "/api/v3/ticker", "BTC/USDT"),
+    ("kucoin", "/api/v1/market/stats", "BTC/USDT"),
+])
+def test_an_injected_auth_fault_speaks_each_exchanges_format_and_becomes_auth_error(exchange, path, symbol):
+    async def test(fake, ex):
+        await ex.load_markets()
+        fake.inject(path, "auth")
+        with pytest.raises(AuthError):
+            await ex.fetch_ticker(symbol)
+        return [r.fault for r in fake.requests if r.path.startswith(path)]
+
+    assert _run(exchange, test) == ["auth"]  # one request: an auth error is never retried
 
 
 def test_unknown_symbol_timeframe_and_exchange_get_did_you_mean():
